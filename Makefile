@@ -1,0 +1,43 @@
+# Two entry points: `make demo` (set up, then run the pipeline on the committed demo session)
+# and `make test` (set up, then run the test suite). Everything else is a dependency of those.
+#
+# FDRL_TORCH picks the torch requirement. The default takes the normal wheel from PyPI (CUDA
+# build on Linux); CI sets FDRL_TORCH="torch==2.13.0" to use the local CPU build.
+PYTHON ?= python3
+FDRL_TORCH ?= torch
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SYSTEM_PACKAGES := libportaudio2 espeak-ng
+
+.PHONY: demo test setup system-packages clean
+
+demo: setup
+	$(BIN)/fdrl eval --manifest demo/manifest.jsonl --plot demo/confusion.png
+
+test: setup
+	$(BIN)/python -m pytest
+
+setup: system-packages $(STAMP)
+
+# Debian/Ubuntu libraries: PortAudio for the microphone, espeak-ng for generated test speech.
+system-packages:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing system packages:$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	else \
+		echo "missing system packages:$$missing -- install them with: sudo apt-get install$$missing" >&2; \
+		if [ -n "$$CI" ]; then exit 1; fi; \
+	fi
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "$(FDRL_TORCH)"
+	$(BIN)/pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) .pytest_cache

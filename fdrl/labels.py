@@ -1,0 +1,17 @@
+"""The canonical label set and the mappings from each corpus onto it."""
+from __future__ import annotations
+
+CANONICAL = ("neutral", "happiness", "sadness", "anger", "fear", "disgust", "surprise")
+
+# RAVDESS emotion code (file name field 3) -> canonical; calm folds into neutral.
+RAVDESS = {"01": "neutral", "02": "neutral", "03": "happiness", "04": "sadness",
+           "05": "anger", "06": "fear", "07": "disgust", "08": "surprise"}
+
+# GoEmotions Ekman label ids (labels.txt order) -> canonical.
+GOEMOTIONS = {0: "anger", 1: "disgust", 2: "fear", 3: "happiness", 4: "neutral", 5: "sadness", 6: "surprise"}
+
+# IEMOCAP's usual 4-class protocol: excited merges into happiness; other codes are dropped.
+IEMOCAP = {"neu": "neutral", "hap": "happiness", "exc": "happiness", "sad": "sadness", "ang": "anger"}
+
+# FER2013 (mini-Xception output order) -> canonical.
+FER2013 = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")

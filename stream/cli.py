@@ -1,0 +1,165 @@
+"""The `fdrl` command: a thin layer over the library. Each subcommand parses flags and calls one function."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fdrl.errors import UserError
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()):
+    from fdrl import config
+    return config.load(args.config, [*args.set, *extra])
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from fdrl.train import Corpora, train_command
+    overrides = [f"train.epochs={args.epochs}"] if args.epochs else []
+    cfg = _config(args, overrides)
+    corpora = Corpora(args.ravdess, args.goemotions, args.iemocap, args.manifest)
+    result = train_command(cfg, corpora, args.out, cv=args.cv, ablation=args.ablation, seeds=args.seeds, report=args.report)
+    print(json.dumps({k: v for k, v in result.items() if k != "config"}, default=float)[:2000] if args.json else f"saved {args.out}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from fdrl.evaluate import evaluate
+    cfg = _config(args)
+    result = evaluate(args.manifest, cfg, args.checkpoint, args.plot)
+    if args.json:
+        print(json.dumps(result))
+    else:
+        _print_eval(result)
+    return 0
+
+
+def _print_eval(result: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+    table = Table(title=f"n={result['n']}  WAR {100 * result['war']:.2f}%  UAR {100 * result['uar']:.2f}%  macro-F1 {result['macro_f1']:.3f}")
+    for col in ("label", "precision", "recall", "f1", "support"):
+        table.add_column(col, justify="left" if col == "label" else "right")
+    for label, m in result["per_class"].items():
+        table.add_row(label, f"{m['precision']:.3f}", f"{m['recall']:.3f}", f"{m['f1']:.3f}", str(m["support"]))
+    Console().print(table)
+
+
+def _session(args: argparse.Namespace, cfg, source, live: bool) -> int:
+    import asyncio
+
+    from stream.session import SessionOptions, run_session
+    from stream.ui import format_stats
+    options = SessionOptions(live=live, jsonl=args.jsonl, record=getattr(args, "record", None), plot=args.plot,
+                             checkpoint=args.checkpoint, face=not args.no_video)
+    stats = asyncio.run(run_session(cfg, source, options))
+    if stats is not None:
+        print(format_stats(stats), file=sys.stderr)
+    return 0
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    from stream.record import load_session
+    from stream.sources import FileSource
+    cfg = _config(args)
+    audio, video = args.path, args.video
+    if args.path.is_dir():
+        session = load_session(args.path)
+        audio, video = session.audio, video or session.video
+    source = FileSource(audio, None if args.no_video else video, pace=args.pace)
+    return _session(args, cfg, source, live=args.pace == "realtime")
+
+
+def cmd_live(args: argparse.Namespace) -> int:
+    from stream.session import merge
+    from stream.sources import CameraSource, MicrophoneSource
+    cfg = _config(args)
+    device = int(args.device) if args.device is not None and args.device.isdigit() else args.device
+    mic = MicrophoneSource(device)
+    source = mic if args.no_video else merge(mic, CameraSource(args.camera, fps=max(cfg.face.rate_hz, 10.0)))
+    return _session(args, cfg, source, live=True)
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from stream.sources import list_devices
+    devices = list_devices()
+    if not devices:
+        print("no input devices found")
+    for d in devices:
+        extra = f"  {d.get('channels', '')} ch  {d.get('default_samplerate', '')} Hz" if d["kind"] == "audio" else ""
+        print(f"{d['kind']:6s} {d['index']:3d}  {d['name']}{extra}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fdrl", description="Real-time multimodal emotion recognition with FDRL.")
+    parser.add_argument("--config", type=Path, default=None, help="a TOML file overriding config.toml (any subset of keys)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override one config value (repeatable)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train an FDRL checkpoint (speaker-independent CV and ablation optional)")
+    p.add_argument("--ravdess", type=Path, help="RAVDESS root with Actor_NN folders")
+    p.add_argument("--goemotions", type=Path, help="GoEmotions folder with train.tsv (dev.tsv is scored)")
+    p.add_argument("--iemocap", type=Path, help="IEMOCAP_full_release folder (leave-one-session-out CV)")
+    p.add_argument("--manifest", type=Path, action="append", default=[], help="a JSONL manifest (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("runs/fdrl.pt"), help="checkpoint to write (default runs/fdrl.pt)")
+    p.add_argument("--epochs", type=int, help="override train.epochs")
+    p.add_argument("--cv", action="store_true", help="report speaker-independent cross-validation before the final fit")
+    p.add_argument("--ablation", action="store_true", help="CV of FDRL, each component removed, and the concat baseline")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per ablation variant (default 3)")
+    p.add_argument("--report", type=Path, help="write the full results as JSON here")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="score a checkpoint on a JSONL manifest")
+    p.add_argument("--manifest", type=Path, required=True, help='JSONL: {"audio"|"text", "label", ["speaker", "video"]} per line')
+    p.add_argument("--checkpoint", type=Path, help="default: paths.checkpoint in config.toml")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line of stdout")
+    p.add_argument("--plot", type=Path, help="write a confusion-matrix PNG")
+    p.set_defaults(func=cmd_eval)
+
+    def session_flags(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--jsonl", type=Path, help="write every event as one JSON object per line")
+        p.add_argument("--plot", type=Path, help="draw the session's emotion timeline to a PNG at the end")
+        p.add_argument("--checkpoint", type=Path, help="default: paths.checkpoint in config.toml")
+        p.add_argument("--no-video", action="store_true", help="audio only: no camera / ignore the video track")
+
+    p = sub.add_parser("live", help="recognize emotions from the microphone (and webcam) live")
+    p.add_argument("--device", help="input device index or name (see `fdrl devices`; default: the system default)")
+    p.add_argument("--camera", type=int, default=0, help="camera index (default 0)")
+    p.add_argument("--record", type=Path, help="record the session (audio.wav, video.mp4, events.jsonl) to this folder")
+    session_flags(p)
+    p.set_defaults(func=cmd_live)
+
+    p = sub.add_parser("replay", help="run a recorded session or an audio/video file through the pipeline")
+    p.add_argument("path", type=Path, help="an audio or video file, or a folder written by `fdrl live --record`")
+    p.add_argument("--video", type=Path, help="a separate video file to pair with the audio")
+    p.add_argument("--pace", choices=("realtime", "fast"), default="fast",
+                   help="realtime: fed as if live (latency means what it means live); fast: as fast as compute allows, deterministic")
+    session_flags(p)
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("devices", help="list audio input devices and cameras")
+    p.set_defaults(func=cmd_devices)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    # torch's idle OpenMP threads otherwise spin against OpenCV's on small machines (slow face frames).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as e:
+        print(f"fdrl: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("fdrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

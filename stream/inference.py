@@ -1,0 +1,191 @@
+"""The inference worker: one owner of Whisper, MiniLM and FDRL (and of the GPU), shared by every stream.
+
+Requests from all streams queue up; the worker takes up to `runtime.max_batch` of them, waiting at
+most `runtime.max_wait_ms` for company, and runs the batch on its single compute thread:
+
+1. one batched Whisper encoder pass → audio frames → FDRL on audio alone → *provisional* labels,
+   published at once so the UI reacts while Whisper decodes;
+2. Whisper decoding, reusing each utterance's encoder output (no second encoder pass);
+3. one batched MiniLM call for the transcripts → FDRL on audio + text (+ face features when the
+   checkpoint has a vision branch) → late fusion with the face posterior → *final* labels.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from fdrl import checkpoint as ckpt_mod
+from fdrl.config import Config
+from fdrl.evaluate import late_fusion, resolve_device
+from fdrl.features import FeatureExtractor, Sample, word_spans
+from fdrl.train import predict_proba
+from fdrl.whisper import Transcript
+
+
+@dataclass
+class Result:
+    """What the worker says about one utterance, provisional or final."""
+
+    label: str
+    scores: dict[str, float]
+    modalities: tuple[str, ...]
+    text: str = ""
+    speech: bool = True                      # False: Whisper's no-speech gate rejected the segment
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Request:
+    audio: np.ndarray                        # float32 mono 16 kHz
+    vision: np.ndarray | None = None         # [T_v, FACE_DIM] face features over the utterance
+    face_posterior: np.ndarray | None = None
+    provisional: asyncio.Future = None       # type: ignore[assignment]  # set by submit()
+    final: asyncio.Future = None             # type: ignore[assignment]
+    submitted: float = 0.0
+
+
+class Engine:
+    """The models, loaded once and warmed up. Blocking: call from the worker's compute thread only."""
+
+    def __init__(self, cfg: Config, checkpoint: Path | None = None, device: str | None = None) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(device or cfg.runtime.device)
+        self.features = FeatureExtractor(cfg, self.device, cache=False)
+        self.ckpt = ckpt_mod.load(checkpoint or cfg.resolve(cfg.paths.checkpoint), self.features.encoder_ids, self.device)
+        self.labels = list(self.ckpt.labels)
+        self.stride = cfg.encoders.audio_frame_stride
+        self.whisper = self.features.whisper
+        self.text = self.features.text if "text" in self.ckpt.dims else None
+
+    def warmup(self) -> None:
+        """Run one utterance of noise end to end, so the first real one pays no lazy initialisation."""
+        noise = (0.01 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
+        req = Request(noise)
+        encoded = self.encode([req])
+        self.classify([Sample(-1, "", audio=encoded[0][0])])
+        if self.text is not None:
+            self.text.encode([["warm", "up"]])
+
+    def encode(self, requests: list[Request]):
+        return self.whisper.encode_shared([r.audio for r in requests])
+
+    @torch.inference_mode()
+    def classify(self, samples: list[Sample]) -> np.ndarray:
+        probs = predict_proba(self.ckpt.model, samples)
+        return late_fusion(probs, samples, self.labels, self.cfg.fusion.face_weight)
+
+    def transcribe(self, audio: np.ndarray, window: np.ndarray) -> Transcript:
+        return self.whisper.transcribe(audio, encoder_output=window)
+
+    def scores(self, p: np.ndarray) -> tuple[str, dict[str, float]]:
+        return self.labels[int(p.argmax())], {name: round(float(v), 4) for name, v in zip(self.labels, p)}
+
+    def run_batch(self, batch: list[Request], publish) -> None:
+        """The three steps of the module docstring for one batch; `publish(future, result)` is thread-safe."""
+        t0 = time.perf_counter()
+        encoded = self.encode(batch)
+        t_enc = time.perf_counter() - t0
+        audio = [frames[:: self.stride].astype(np.float32) for frames, _ in encoded]
+        with_vision = "vision" in self.ckpt.dims
+        samples = [Sample(-1, "", audio=a, vision=r.vision if with_vision else None, face_posterior=r.face_posterior)
+                   for a, r in zip(audio, batch)]
+        t1 = time.perf_counter()
+        probs = self.classify(samples)
+        t_model = time.perf_counter() - t1
+        for r, s, p in zip(batch, samples, probs):
+            label, scores = self.scores(p)
+            publish(r.provisional, Result(label, scores, _modalities(s), timings={"encode": t_enc, "model": t_model}))
+        transcripts = []
+        t2 = time.perf_counter()
+        for r, (_, window) in zip(batch, encoded):
+            transcripts.append(self.transcribe(r.audio, window))
+        t_asr = time.perf_counter() - t2
+        t3 = time.perf_counter()
+        spoken = [i for i, tr in enumerate(transcripts) if tr.words]
+        if self.text is not None and spoken:
+            states = self.text.encode([[w.text for w in transcripts[i].words] for i in spoken])
+            for i, (st, word_ids) in zip(spoken, states):
+                samples[i].text = st
+                samples[i].word_spans = word_spans([(w.start, w.end) for w in transcripts[i].words], word_ids,
+                                                   self.stride, len(audio[i]))
+        probs = self.classify(samples)
+        t_model += time.perf_counter() - t3
+        for i, (r, s, p, tr) in enumerate(zip(batch, samples, probs, transcripts)):
+            label, scores = self.scores(p)
+            timings = {"encode": t_enc, "asr": t_asr, "model": t_model, "batch": float(len(batch))}
+            publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=bool(tr.text), timings=timings))
+
+
+def _modalities(s: Sample) -> tuple[str, ...]:
+    present = tuple(m for m in ("audio", "text", "vision") if getattr(s, m) is not None)
+    return present + (("face",) if s.face_posterior is not None and "vision" not in present else ())
+
+
+class InferenceWorker:
+    """Micro-batches requests from every stream onto one compute thread."""
+
+    def __init__(self, engine: Engine, max_batch: int, max_wait_ms: float) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000
+        self._queue: asyncio.Queue[Request] = asyncio.Queue(maxsize=4 * max_batch)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdrl-infer")
+        self._task: asyncio.Task | None = None
+        self.batches = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._executor, self.engine.warmup)
+        self._task = asyncio.create_task(self._loop(), name="fdrl-inference")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def queue_depth(self) -> int:
+        return self._queue.qsize()
+
+    async def submit(self, request: Request) -> Request:
+        """Queue `request` (waiting while the worker is saturated) and return it with its futures set."""
+        loop = asyncio.get_running_loop()
+        request.provisional, request.final = loop.create_future(), loop.create_future()
+        request.submitted = time.perf_counter()
+        await self._queue.put(request)
+        return request
+
+    async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
+
+        def publish(fut: asyncio.Future, value) -> None:
+            def settle() -> None:
+                if not fut.done():
+                    fut.set_exception(value) if isinstance(value, BaseException) else fut.set_result(value)
+            loop.call_soon_threadsafe(settle)
+
+        while True:
+            batch = [await self._queue.get()]
+            deadline = loop.time() + self.max_wait
+            while len(batch) < self.max_batch:
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), max(0.0, deadline - loop.time())))
+                except asyncio.TimeoutError:
+                    break
+            started = time.perf_counter()
+            for r in batch:
+                r.queue_s = started - r.submitted  # type: ignore[attr-defined]
+            try:
+                await loop.run_in_executor(self._executor, self.engine.run_batch, batch, publish)
+            except Exception as e:  # a failed batch fails its utterances, not the worker
+                for r in batch:
+                    publish(r.provisional, e)
+                    publish(r.final, e)
+            self.batches += 1

@@ -1,0 +1,306 @@
+"""The streaming recognizer: small async stages joined by bounded queues.
+
+    source ──▶ demux ─┬─▶ audio_q ─▶ vad ──▶ jobs ─▶ emit ──▶ events
+                      └─▶ video_q ─▶ face ─┘ (face features over each utterance's span)
+
+Blocking work runs off the event loop: decoding and capture in the sources' threads, Whisper and
+FDRL on the shared `InferenceWorker` thread, face analysis on a face thread. Every queue is
+bounded, so a slow consumer slows the source (replay) instead of growing memory; live sources drop
+instead (oldest video frames first, audio counted). Cancelling the consumer cancels every stage.
+
+Usage:
+
+    async with Recognizer(cfg) as recognizer:
+        async for event in recognizer.run(FileSource("talk.wav")):
+            print(event)
+"""
+from __future__ import annotations
+
+import asyncio
+import bisect
+import contextlib
+import math
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import AsyncIterable, AsyncIterator
+
+import numpy as np
+
+from fdrl.config import Config
+from fdrl.errors import UserError
+from fdrl.labels import CANONICAL
+from stream.events import Error, Event, FaceUpdate, Level, SpeechStarted, Stats, Utterance
+from stream.inference import Engine, InferenceWorker, Request, Result
+from stream.sources import AudioChunk, VideoFrame
+from stream.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
+
+_END = object()  # end-of-stream marker on the internal queues
+LEVEL_EVERY_S = 0.1
+STATS_EVERY_S = 2.0
+
+
+@dataclass
+class Counters:
+    """Per-stream accounting: every closed segment ends as an utterance, an error or a no-speech reject."""
+
+    segments_closed: int = 0
+    utterances: int = 0
+    errors: int = 0
+    no_speech: int = 0
+    frames_dropped: int = 0
+    audio_s: float = 0.0
+    compute_s: float = 0.0
+
+
+@dataclass
+class FaceTrack:
+    """Face results of one stream in time order, and how far the face stage has got (its watermark)."""
+
+    times: list[float] = field(default_factory=list)
+    results: list = field(default_factory=list)
+    watermark: float = -math.inf
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, t: float, result) -> None:
+        self.times.append(t)
+        self.results.append(result)
+        self.advance(t)
+
+    def advance(self, t: float) -> None:
+        self.watermark = t
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+    async def wait_until(self, t: float) -> None:
+        while self.watermark < t:
+            await self.changed.wait()
+
+    def span(self, start: float, end: float) -> list:
+        lo, hi = bisect.bisect_left(self.times, start), bisect.bisect_right(self.times, end)
+        return [r for r in self.results[lo:hi] if r is not None]
+
+
+@dataclass
+class _Job:
+    index: int
+    segment: Segment
+    closed_at: float                       # perf_counter when the VAD closed it
+    request: asyncio.Task                  # → Request, once face features are gathered and it is queued
+
+
+class Recognizer:
+    """Loads the models once; `run()` turns any number of concurrent sources into events."""
+
+    def __init__(self, cfg: Config, checkpoint: Path | None = None, device: str | None = None, face: bool = True) -> None:
+        self.cfg = cfg
+        self._checkpoint = checkpoint
+        self._device = device
+        self._use_face = face
+        self.engine: Engine | None = None
+        self.worker: InferenceWorker | None = None
+        self._face_model = None
+        self._face_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdrl-face")
+
+    @property
+    def device(self) -> str:
+        return self.engine.device if self.engine else "not loaded"
+
+    async def __aenter__(self) -> "Recognizer":
+        self.engine = await asyncio.to_thread(Engine, self.cfg, self._checkpoint, self._device)
+        if self._use_face:
+            from fdrl.face import FaceAnalyzer
+            self._face_model = await asyncio.to_thread(FaceAnalyzer.from_config, self.cfg, "cpu")
+        self.worker = InferenceWorker(self.engine, self.cfg.runtime.max_batch, self.cfg.runtime.max_wait_ms)
+        await self.worker.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.worker is not None:
+            await self.worker.stop()
+        self._face_executor.shutdown(wait=True, cancel_futures=True)
+
+    async def run(self, source: AsyncIterable[AudioChunk | VideoFrame], stream: str = "0",
+                  live: bool = False) -> AsyncIterator[Event]:
+        """Events for one source, in order. `live=True` measures end-of-speech latency against the wall clock
+        and waits for no face results; replay (`live=False`) is deterministic."""
+        if self.worker is None:
+            raise RuntimeError("use `async with Recognizer(cfg) as r:` before r.run()")
+        run = _Run(self, stream, live)
+        async for event in run.events(source):
+            yield event
+
+
+class _Run:
+    """The stages of one `Recognizer.run` call and their shared per-stream state."""
+
+    def __init__(self, rec: Recognizer, stream: str, live: bool) -> None:
+        self.rec, self.cfg, self.stream, self.live = rec, rec.cfg, stream, live
+        self.counters = Counters()
+        self.faces = FaceTrack()
+        self.out: asyncio.Queue = asyncio.Queue(maxsize=256)
+        self.audio_q: asyncio.Queue = asyncio.Queue(maxsize=64)
+        self.video_q: asyncio.Queue = asyncio.Queue(maxsize=8)
+        self.jobs: asyncio.Queue = asyncio.Queue(maxsize=max(2, self.cfg.runtime.max_batch))
+        self.wall0: float | None = None    # perf_counter at stream time 0 (live latency)
+        self.stream_t = 0.0
+        self.source_stats = None
+        self.vad_options = VadOptions.from_config(self.cfg.vad)
+        self.vad_tail_s = self.vad_options.tail_ms / 1000
+
+    async def events(self, source) -> AsyncIterator[Event]:
+        self.source_stats = source
+        tasks = [asyncio.create_task(coro) for coro in (self.demux(source), self.vad(), self.face(), self.emit())]
+        try:
+            while True:
+                event = await self.out.get()
+                if event is _END:
+                    break
+                yield event
+            for t in tasks:
+                if t.done() and t.exception() is not None:
+                    raise t.exception()
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await source.aclose()  # type: ignore[attr-defined]
+
+    # -- stages ----------------------------------------------------------------------------------
+
+    async def demux(self, source) -> None:
+        try:
+            async for item in source:
+                if isinstance(item, AudioChunk):
+                    if self.wall0 is None:
+                        self.wall0 = time.perf_counter() - item.t - item.duration
+                    await self.audio_q.put(item)
+                elif self.rec._face_model is not None:
+                    if self.live and self.video_q.full():  # live: the oldest frame goes first
+                        self.video_q.get_nowait()
+                        self.counters.frames_dropped += 1
+                    await self.video_q.put(item)
+        finally:
+            await self.audio_q.put(_END)
+            await self.video_q.put(_END)
+
+    async def vad(self) -> None:
+        segmenter = Segmenter(self.vad_options)
+        index = 0
+        next_level = 0.0
+        while (chunk := await self.audio_q.get()) is not _END:
+            self.stream_t = chunk.t + chunk.duration
+            self.counters.audio_s += chunk.duration
+            events = list(segmenter.feed(chunk.samples))
+            if chunk.t >= next_level:
+                next_level = chunk.t + LEVEL_EVERY_S
+                await self.put(Level(self.stream, chunk.t, level_db(chunk.samples), segmenter.speaking))
+            for ev in events:
+                index = await self.on_segment_event(ev, index)
+        for ev in segmenter.flush():
+            index = await self.on_segment_event(ev, index)
+        await self.jobs.put(_END)
+
+    async def on_segment_event(self, ev, index: int) -> int:
+        if isinstance(ev, SegmentStart):
+            await self.put(SpeechStarted(self.stream, round(ev.start, 3)))
+        elif isinstance(ev, Segment):
+            self.counters.segments_closed += 1
+            request = asyncio.create_task(self.submit(ev))
+            await self.jobs.put(_Job(index, ev, time.perf_counter(), request))
+            return index + 1
+        return index  # SegmentDiscarded: too short to be an utterance; the UI just sees speech stop
+
+    async def submit(self, seg: Segment) -> Request:
+        """Gather the face features of the segment's span (waiting for the face stage in replay) and queue it."""
+        if not self.live:
+            await self.faces.wait_until(seg.end)
+        faces = self.faces.span(seg.start, seg.end)
+        vision = np.stack([f.features for f in faces]) if faces else None
+        posterior = np.mean([f.posterior for f in faces], axis=0) if faces else None
+        return await self.rec.worker.submit(Request(seg.audio, vision, posterior))
+
+    async def face(self) -> None:
+        model = self.rec._face_model
+        loop = asyncio.get_running_loop()
+        period = 1.0 / self.cfg.face.rate_hz
+        next_t = -math.inf
+        while (frame := await self.video_q.get()) is not _END:
+            if frame.t < next_t:
+                self.faces.advance(frame.t)
+                continue
+            next_t = frame.t + period
+            result = await loop.run_in_executor(self.rec._face_executor, model.analyze, frame.image)
+            self.faces.add(frame.t, result)
+            scores = _canonical_scores(result.posterior) if result is not None else None
+            label = max(scores, key=scores.get) if scores else None
+            await self.put(FaceUpdate(self.stream, round(frame.t, 3), label, scores, result.box if result else None))
+        self.faces.advance(math.inf)
+
+    async def emit(self) -> None:
+        next_stats = STATS_EVERY_S
+        while (job := await self.jobs.get()) is not _END:
+            await self.finish(job)
+            if self.stream_t >= next_stats:
+                next_stats = self.stream_t + STATS_EVERY_S
+                await self.put(self.stats())
+        await self.put(self.stats())
+        await self.out.put(_END)
+
+    async def finish(self, job: _Job) -> None:
+        """Provisional then final label for one segment; any failure becomes one Error event."""
+        seg = job.segment
+        try:
+            request = await job.request
+            provisional: Result = await request.provisional
+            await self.put(self.utterance(job, provisional, final=False))
+            final: Result = await request.final
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            self.counters.errors += 1
+            await self.put(Error(self.stream, round(seg.end, 3), f"{type(e).__name__}: {e}", "inference",
+                                 (round(seg.start, 3), round(seg.end, 3))))
+            return
+        self.counters.compute_s += time.perf_counter() - job.closed_at
+        if not final.speech:
+            self.counters.no_speech += 1  # Whisper heard no words: noise, a cough, a door
+            return
+        self.counters.utterances += 1
+        await self.put(self.utterance(job, final, final=True, queue_s=getattr(request, "queue_s", 0.0)))
+
+    # -- helpers ---------------------------------------------------------------------------------
+
+    def utterance(self, job: _Job, r: Result, final: bool, queue_s: float = 0.0) -> Utterance:
+        now = time.perf_counter()
+        timings = {k: round(v, 4) for k, v in r.timings.items()}
+        timings["queue"] = round(queue_s, 4)
+        timings["compute"] = round(now - job.closed_at, 4)  # segment closed → label
+        if self.live and self.wall0 is not None:
+            end_of_speech = job.segment.end - self.vad_tail_s  # segments end with a short silent tail
+            timings["end_to_label"] = round(now - (self.wall0 + end_of_speech), 4)
+        face_label = None
+        faces = self.faces.span(job.segment.start, job.segment.end)
+        if faces:
+            mean = np.mean([f.posterior for f in faces], axis=0)
+            face_label = CANONICAL[int(np.argmax(mean))]
+        return Utterance(self.stream, job.index, round(job.segment.start, 3), round(job.segment.end, 3), r.text,
+                         r.label, r.scores, final, r.modalities, timings, face_label)
+
+    def stats(self) -> Stats:
+        c = self.counters
+        src = self.source_stats
+        return Stats(self.stream, round(self.stream_t, 3), c.segments_closed, c.utterances, c.errors, c.no_speech,
+                     float(getattr(src, "dropped_s", 0.0)), c.frames_dropped + int(getattr(src, "dropped", 0)),
+                     {"audio": self.audio_q.qsize(), "video": self.video_q.qsize(), "jobs": self.jobs.qsize(),
+                      "inference": self.rec.worker.queue_depth(), "events": self.out.qsize()},
+                     round(c.compute_s / c.audio_s, 4) if c.audio_s else 0.0, int(getattr(src, "overflows", 0)))
+
+    async def put(self, event: Event) -> None:
+        await self.out.put(event)
+
+
+def _canonical_scores(posterior: np.ndarray) -> dict[str, float]:
+    return {name: round(float(p), 4) for name, p in zip(CANONICAL, posterior)}
