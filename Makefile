@@ -12,8 +12,11 @@ SYSTEM_PACKAGES := libportaudio2 espeak-ng
 
 .PHONY: demo test setup system-packages clean
 
+# The demo: replay the committed session through the whole pipeline (VAD, Whisper, FDRL, UI),
+# then score the default checkpoint on the same clips. Outputs go to demo/out/ (not committed).
 demo: setup
-	$(BIN)/fdrl eval --manifest demo/manifest.jsonl --plot demo/confusion.png
+	$(BIN)/fdrl replay demo/session/audio.wav --jsonl demo/out/events.jsonl --plot demo/out/timeline.png
+	$(BIN)/fdrl eval --manifest demo/manifest.jsonl --plot demo/out/confusion.png
 
 test: setup
 	$(BIN)/python -m pytest

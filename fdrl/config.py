@@ -86,6 +86,7 @@ class Train:
     seed: int
     folds: int
     goemotions_per_epoch: int
+    text_dropout: float
 
 
 @dataclass

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
@@ -17,7 +16,7 @@ import torch
 from fdrl import metrics
 from fdrl.config import Config
 from fdrl.features import Sample
-from fdrl.model import FDRL, collate
+from fdrl.model import FDRL, Batch, collate
 
 TEXT_DIM = AUDIO_DIM = 384
 
@@ -40,18 +39,53 @@ def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.tensor(w, dtype=torch.float32)
 
 
-def epoch_indices(samples: Sequence[Sample], rng: np.random.Generator, text_only_per_epoch: int) -> np.ndarray:
-    """All samples with audio or vision, plus a fresh random draw of text-only samples each epoch.
+def _present(s: Sample) -> tuple[bool, bool, bool]:
+    return (s.audio is not None, s.text is not None, s.vision is not None)
 
-    Text-only corpora (GoEmotions: 40k rows) would otherwise drown the 1.2k speech clips.
+
+def _groups(samples: Sequence[Sample]) -> dict[tuple[bool, bool, bool], list[int]]:
+    """Sample indices by which modalities they have."""
+    groups: dict[tuple[bool, bool, bool], list[int]] = {}
+    for i, s in enumerate(samples):
+        groups.setdefault(_present(s), []).append(i)
+    return groups
+
+
+def epoch_batches(samples: Sequence[Sample], rng: np.random.Generator, batch_size: int,
+                  text_only_per_epoch: int) -> list[np.ndarray]:
+    """One epoch of batches: every sample with audio or vision, plus a fresh random draw of
+    `text_only_per_epoch` text-only samples (GoEmotions' 40k rows would otherwise drown 1.2k clips).
+
+    Each batch holds samples with the same modalities, so a text-only batch never pays for padded
+    audio frames (a mixed batch runs every encoder over every row); batch order is shuffled.
     """
-    text_only = np.array([i for i, s in enumerate(samples) if s.audio is None and s.vision is None], dtype=np.int64)
-    others = np.array([i for i, s in enumerate(samples) if s.audio is not None or s.vision is not None], dtype=np.int64)
-    if 0 < text_only_per_epoch < len(text_only):
-        text_only = rng.choice(text_only, text_only_per_epoch, replace=False)
-    idx = np.concatenate([others, text_only])
-    rng.shuffle(idx)
-    return idx
+    batches = []
+    for key, members in _groups(samples).items():
+        idx = np.array(members, dtype=np.int64)
+        if key == (False, True, False) and 0 < text_only_per_epoch < len(idx):
+            idx = rng.choice(idx, text_only_per_epoch, replace=False)
+        rng.shuffle(idx)
+        batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def drop_text(batch: Batch, p: float, generator: torch.Generator) -> Batch:
+    """Hide the transcript of a random fraction `p` of the speech samples (modality dropout).
+
+    The provisional label is computed from the voice alone, and Whisper sometimes hears no words:
+    the model must also decide from audio without text. RAVDESS's lexically neutral sentences
+    would otherwise teach it to lean on words that say nothing.
+    """
+    if p <= 0 or "text" not in batch.mask or "audio" not in batch.mask:
+        return batch
+    both = batch.mask["audio"].any(1) & batch.mask["text"].any(1)
+    drop = both & (torch.rand(len(both), generator=generator) < p)
+    if drop.any():
+        batch.mask["text"][drop] = False
+        batch.x["text"][drop] = 0.0
+        batch.words = batch.words[~drop[batch.words[:, 0]]]
+    return batch
 
 
 def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: int | None = None,
@@ -60,23 +94,24 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
     seed = cfg.train.seed if seed is None else seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    generator = torch.Generator().manual_seed(seed)
     dims = input_dims(samples)
     model = FDRL(cfg.model, dims, n_classes)
     t = cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    steps_per_epoch = math.ceil((sum(s.audio is not None or s.vision is not None for s in samples)
-                                 + min(t.goemotions_per_epoch or len(samples), sum(s.audio is None and s.vision is None for s in samples))) / t.batch_size)
+    steps_per_epoch = len(epoch_batches(samples, np.random.default_rng(seed), t.batch_size, t.goemotions_per_epoch))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=max(1, steps_per_epoch * t.epochs), pct_start=0.1)
-    weights = class_weights(np.array([s.label for s in samples]), n_classes)
+    # Balanced per corpus kind (speech vs text-only): GoEmotions' counts must not set RAVDESS's weights.
+    weights = {key: class_weights(np.array([samples[i].label for i in members]), n_classes)
+               for key, members in _groups(samples).items()}
     for epoch in range(t.epochs):
         model.train()
         totals: dict[str, float] = {}
-        idx = epoch_indices(samples, rng, t.goemotions_per_epoch)
-        batches = [idx[i:i + t.batch_size] for i in range(0, len(idx), t.batch_size)][:steps_per_epoch]
+        batches = epoch_batches(samples, rng, t.batch_size, t.goemotions_per_epoch)
         for b in batches:
-            batch = collate([samples[i] for i in b], dims)
+            batch = drop_text(collate([samples[i] for i in b], dims), t.text_dropout, generator)
             out = model(batch)
-            loss, parts = model.loss(batch, out, cfg.loss, class_weights=weights)
+            loss, parts = model.loss(batch, out, cfg.loss, class_weights=weights[_present(samples[b[0]])])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

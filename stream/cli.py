@@ -56,7 +56,7 @@ def _session(args: argparse.Namespace, cfg, source, live: bool) -> int:
     options = SessionOptions(live=live, jsonl=args.jsonl, record=getattr(args, "record", None), plot=args.plot,
                              checkpoint=args.checkpoint, face=not args.no_video)
     stats = asyncio.run(run_session(cfg, source, options))
-    if stats is not None:
+    if stats is not None and sys.stdout.isatty():  # the plain view already ends with this line
         print(format_stats(stats), file=sys.stderr)
     return 0
 
@@ -156,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         print(f"fdrl: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # disk full, permissions, a device that vanished: not a bug, still one line
+        print(f"fdrl: error: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("fdrl: interrupted", file=sys.stderr)
         return 130

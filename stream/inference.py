@@ -101,13 +101,17 @@ class Engine:
         for r, s, p in zip(batch, samples, probs):
             label, scores = self.scores(p)
             publish(r.provisional, Result(label, scores, _modalities(s), timings={"encode": t_enc, "model": t_model}))
-        transcripts = []
+        transcripts: list[Transcript | None] = []
         t2 = time.perf_counter()
         for r, (_, window) in zip(batch, encoded):
-            transcripts.append(self.transcribe(r.audio, window))
+            try:
+                transcripts.append(self.transcribe(r.audio, window))
+            except Exception as e:  # one utterance that fails to decode fails alone, not its batch-mates
+                publish(r.final, e)
+                transcripts.append(None)
         t_asr = time.perf_counter() - t2
         t3 = time.perf_counter()
-        spoken = [i for i, tr in enumerate(transcripts) if tr.words]
+        spoken = [i for i, tr in enumerate(transcripts) if tr is not None and tr.words]
         if self.text is not None and spoken:
             states = self.text.encode([[w.text for w in transcripts[i].words] for i in spoken])
             for i, (st, word_ids) in zip(spoken, states):
@@ -117,6 +121,8 @@ class Engine:
         probs = self.classify(samples)
         t_model += time.perf_counter() - t3
         for i, (r, s, p, tr) in enumerate(zip(batch, samples, probs, transcripts)):
+            if tr is None:
+                continue
             label, scores = self.scores(p)
             timings = {"encode": t_enc, "asr": t_asr, "model": t_model, "batch": float(len(batch))}
             publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=bool(tr.text), timings=timings))

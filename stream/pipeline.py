@@ -69,7 +69,7 @@ class FaceTrack:
         self.advance(t)
 
     def advance(self, t: float) -> None:
-        self.watermark = t
+        self.watermark = max(self.watermark, t)
         self.changed.set()
         self.changed = asyncio.Event()
 
@@ -102,6 +102,7 @@ class Recognizer:
         self.worker: InferenceWorker | None = None
         self._face_model = None
         self._face_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fdrl-face")
+        self._runs: set[_Run] = set()
 
     @property
     def device(self) -> str:
@@ -117,6 +118,10 @@ class Recognizer:
         return self
 
     async def __aexit__(self, *exc) -> None:
+        # A consumer that stopped iterating without closing its `run()` (a cancelled task leaves the
+        # async generator suspended until it is collected) still has stages and a source running.
+        for run in list(self._runs):
+            await run.stop()
         if self.worker is not None:
             await self.worker.stop()
         self._face_executor.shutdown(wait=True, cancel_futures=True)
@@ -128,8 +133,13 @@ class Recognizer:
         if self.worker is None:
             raise RuntimeError("use `async with Recognizer(cfg) as r:` before r.run()")
         run = _Run(self, stream, live)
-        async for event in run.events(source):
-            yield event
+        self._runs.add(run)
+        try:
+            async with contextlib.aclosing(run.events(source)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            self._runs.discard(run)
 
 
 class _Run:
@@ -148,43 +158,65 @@ class _Run:
         self.source_stats = None
         self.vad_options = VadOptions.from_config(self.cfg.vad)
         self.vad_tail_s = self.vad_options.tail_ms / 1000
+        self.items: AsyncIterator | None = None
+        self.tasks: list[asyncio.Task] = []
+        self._stop_lock = asyncio.Lock()  # the consumer's close and the recognizer's exit may both stop a run
 
     async def events(self, source) -> AsyncIterator[Event]:
         self.source_stats = source
-        tasks = [asyncio.create_task(coro) for coro in (self.demux(source), self.vad(), self.face(), self.emit())]
+        self.items = aiter(source)
+        self.tasks = [asyncio.create_task(coro) for coro in (self.demux(self.items), self.vad(), self.face(), self.emit())]
         try:
             while True:
                 event = await self.out.get()
                 if event is _END:
                     break
                 yield event
-            for t in tasks:
+            for t in self.tasks:
                 if t.done() and t.exception() is not None:
                     raise t.exception()
         finally:
-            for t in tasks:
+            await self.stop()
+
+    async def stop(self) -> None:
+        """Cancel the stages and close the source (its threads stop now, not when it is collected). Idempotent."""
+        async with self._stop_lock:
+            for t in self.tasks:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await source.aclose()  # type: ignore[attr-defined]
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            with contextlib.suppress(Exception):  # closed already, or not an async generator
+                await self.items.aclose()  # type: ignore[union-attr]
 
     # -- stages ----------------------------------------------------------------------------------
 
-    async def demux(self, source) -> None:
+    async def demux(self, items: AsyncIterator) -> None:
+        # Replay holds each segment until the face stage has passed its end (see `submit`). Items come
+        # in time order, so an audio chunk at `t` also says that no earlier frame is still to come:
+        # the face stage is told, or audio without video would wait for frames that never come.
+        watermarks = not self.live and self.rec._face_model is not None
         try:
-            async for item in source:
+            async for item in items:
                 if isinstance(item, AudioChunk):
                     if self.wall0 is None:
                         self.wall0 = time.perf_counter() - item.t - item.duration
+                    if watermarks:
+                        await self.video_q.put(float(item.t))
                     await self.audio_q.put(item)
                 elif self.rec._face_model is not None:
                     if self.live and self.video_q.full():  # live: the oldest frame goes first
                         self.video_q.get_nowait()
                         self.counters.frames_dropped += 1
                     await self.video_q.put(item)
-        finally:
-            await self.audio_q.put(_END)
-            await self.video_q.put(_END)
+        except Exception:
+            await self.end_inputs()
+            raise  # events() re-raises it once the other stages have finished what was read
+        # No `finally`: when cancelled, the other stages are cancelled too, and waiting to put an
+        # end marker into a full queue that nobody reads any more would hang the cancellation.
+        await self.end_inputs()
+
+    async def end_inputs(self) -> None:
+        await self.audio_q.put(_END)
+        await self.video_q.put(_END)
 
     async def vad(self) -> None:
         segmenter = Segmenter(self.vad_options)
@@ -224,10 +256,15 @@ class _Run:
 
     async def face(self) -> None:
         model = self.rec._face_model
+        if model is None:  # audio only: no segment waits for faces
+            self.faces.advance(math.inf)
         loop = asyncio.get_running_loop()
         period = 1.0 / self.cfg.face.rate_hz
         next_t = -math.inf
         while (frame := await self.video_q.get()) is not _END:
+            if isinstance(frame, float):  # demux's audio time: no earlier frame is still to come
+                self.faces.advance(frame)
+                continue
             if frame.t < next_t:
                 self.faces.advance(frame.t)
                 continue
@@ -264,7 +301,8 @@ class _Run:
             await self.put(Error(self.stream, round(seg.end, 3), f"{type(e).__name__}: {e}", "inference",
                                  (round(seg.start, 3), round(seg.end, 3))))
             return
-        self.counters.compute_s += time.perf_counter() - job.closed_at
+        # This utterance's share of the worker's compute (its batch's time split evenly).
+        self.counters.compute_s += sum(final.timings.get(k, 0.0) for k in ("encode", "asr", "model")) / final.timings.get("batch", 1.0)
         if not final.speech:
             self.counters.no_speech += 1  # Whisper heard no words: noise, a cough, a door
             return

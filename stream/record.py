@@ -43,7 +43,7 @@ GOP_SECONDS = 2.0                             # keyframe (and MP4 fragment) inte
 GAP_TOLERANCE_S = 0.010                       # audio gaps shorter than this are clock jitter, not drops
 
 
-class RecordingError(Exception):
+class RecordingError(OSError):
     """Writing the recording failed (disk full, folder gone, read-only target).
 
     What was written before the failure stays valid; the recorder is closed.
@@ -90,6 +90,7 @@ class JsonlWriter:
         self.levels = levels
         self._good = 0  # bytes known to be on disk as complete lines
         try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._file: BinaryIO | None = open(self.path, "wb")
         except OSError as e:
             raise _write_error(self.path, e) from e
