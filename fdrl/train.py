@@ -128,10 +128,11 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
 def predict_proba(model: FDRL, samples: Sequence[Sample], batch_size: int = 128) -> np.ndarray:
     """Class posteriors [N, C] of the fused output."""
     model.eval()
+    device = next(model.parameters()).device
     out = []
     for i in range(0, len(samples), batch_size):
-        batch = collate(list(samples[i:i + batch_size]), model.dims)
-        out.append(torch.softmax(model(batch).logits, dim=-1).numpy())
+        batch = collate(list(samples[i:i + batch_size]), model.dims).to(device)
+        out.append(torch.softmax(model(batch).logits.float(), dim=-1).cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
 
 

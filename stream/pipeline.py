@@ -166,16 +166,24 @@ class _Run:
         self.source_stats = source
         self.items = aiter(source)
         self.tasks = [asyncio.create_task(coro) for coro in (self.demux(self.items), self.vad(), self.face(), self.emit())]
+        failure = asyncio.get_running_loop().create_future()  # the first stage to raise ends the run with its error
+        for t in self.tasks:
+            t.add_done_callback(lambda t: failure.done() or t.cancelled() or t.exception() is None
+                                or failure.set_exception(t.exception()))
         try:
             while True:
-                event = await self.out.get()
+                getter = asyncio.ensure_future(self.out.get())
+                await asyncio.wait({getter, failure}, return_when=asyncio.FIRST_COMPLETED)
+                if not getter.done():  # a stage failed and nothing is left to deliver
+                    getter.cancel()
+                    raise failure.exception()
+                event = getter.result()
                 if event is _END:
                     break
                 yield event
-            for t in self.tasks:
-                if t.done() and t.exception() is not None:
-                    raise t.exception()
         finally:
+            if failure.done() and not failure.cancelled():
+                failure.exception()  # retrieved: no "exception was never retrieved" noise
             await self.stop()
 
     async def stop(self) -> None:

@@ -38,11 +38,17 @@ async def merge(*sources: AsyncIterable) -> AsyncIterator:
     done = object()
 
     async def pump(src: AsyncIterable) -> None:
+        # No `finally` for the end marker: a cancelled pump must not wait on a full queue nobody reads.
+        items = aiter(src)
         try:
-            async for item in src:
+            async for item in items:
                 await queue.put(item)
-        finally:
+        except Exception:
             await queue.put(done)
+            raise
+        finally:
+            await _aclose(items)
+        await queue.put(done)
 
     tasks = [asyncio.create_task(pump(s)) for s in sources]
     try:
@@ -64,12 +70,23 @@ async def merge(*sources: AsyncIterable) -> AsyncIterator:
 
 async def recorded(source: AsyncIterable, recorder: SessionRecorder) -> AsyncIterator:
     """Pass items through, writing audio and video to the recording on the way (frames off the loop)."""
-    async for item in source:
-        if isinstance(item, AudioChunk):
-            recorder.write_audio(item.t, item.samples)
-        elif isinstance(item, VideoFrame):
-            await asyncio.to_thread(recorder.write_frame, item.t, item.image)
-        yield item
+    items = aiter(source)
+    try:
+        async for item in items:
+            if isinstance(item, AudioChunk):
+                recorder.write_audio(item.t, item.samples)
+            elif isinstance(item, VideoFrame):
+                await asyncio.to_thread(recorder.write_frame, item.t, item.image)
+            yield item
+    finally:
+        await _aclose(items)
+
+
+async def _aclose(items: AsyncIterator) -> None:
+    """Close an async iterator that can be closed, so its threads and devices stop now, not when collected."""
+    aclose = getattr(items, "aclose", None)
+    if aclose is not None:
+        await aclose()
 
 
 async def run_session(cfg: Config, source: AsyncIterable, options: SessionOptions,

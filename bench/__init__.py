@@ -1,0 +1,1 @@
+"""Benchmarks of the streaming recognizer (`python -m bench.run`)."""
