@@ -20,6 +20,7 @@ import numpy as np
 
 from fdrl import config
 from fdrl.audio import SAMPLE_RATE, decode_audio, write_wav
+from fdrl.labels import RAVDESS
 from stream.events import Utterance
 from stream.pipeline import Recognizer
 from stream.sources import FileSource
@@ -31,8 +32,8 @@ def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
 
-async def replay(path: Path, cfg) -> tuple[list[Utterance], float]:
-    async with Recognizer(cfg) as recognizer:
+async def replay(path: Path, cfg, checkpoint: Path | None) -> tuple[list[Utterance], float]:
+    async with Recognizer(cfg, checkpoint) as recognizer:
         t0 = time.perf_counter()
         events = [e async for e in recognizer.run(FileSource(path, pace="fast"))]
         return [e for e in events if isinstance(e, Utterance) and e.final], time.perf_counter() - t0
@@ -44,9 +45,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--pause", type=float, default=1.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--actors", help="comma-separated RAVDESS actor numbers to draw from (e.g. held-out ones)")
+    parser.add_argument("--checkpoint", type=Path, help="default: the shipped checkpoint (trained on actors 01-20)")
     args = parser.parse_args()
 
     files = sorted(p for p in args.root.rglob("*") if p.suffix.lower() in {".wav", ".flac", ".mp3"})
+    if args.actors:
+        wanted = {f"{int(a):02d}" for a in args.actors.split(",")}
+        files = [f for f in files if f.stem.split("-")[-1] in wanted]
     random.Random(args.seed).shuffle(files)
     files = files[:args.n]
     pause = np.zeros(int(args.pause * SAMPLE_RATE), np.float32)
@@ -59,13 +65,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "joined.wav"
         write_wav(path, np.concatenate(parts))
-        utts, wall = asyncio.run(replay(path, config.load()))
+        utts, wall = asyncio.run(replay(path, config.load(), args.checkpoint))
 
-    matched, recall_hits, recall_total = 0, 0, 0
+    matched, recall_hits, recall_total, correct = 0, 0, 0, 0
     for f, (s, e) in zip(files, spans):
         inside = [u for u in utts if min(e, u.end) - max(s, u.start) > 0]
         matched += len(inside) == 1
         statement = f.stem.split("-")[4] if f.stem.count("-") == 6 else None
+        if statement and len(inside) == 1:
+            correct += inside[0].label == RAVDESS[f.stem.split("-")[2]]
         if statement in RAVDESS_TEXT and inside:
             heard = set(words(" ".join(u.text for u in inside)))
             # clips are cut at 2.39 s: only the words that survive are expected (the first four)
@@ -75,7 +83,7 @@ def main() -> None:
     audio_s = t
     print(f"clips {len(files)}  utterances {len(utts)}  clips with exactly one utterance {matched}  "
           f"word recall {recall_hits}/{recall_total} ({100 * recall_hits / max(recall_total, 1):.1f}%)  "
-          f"audio {audio_s:.1f} s  replay {wall:.1f} s ({audio_s / wall:.1f}x real time)")
+          f"label accuracy {correct}/{len(files)}  audio {audio_s:.1f} s  replay {wall:.1f} s ({audio_s / wall:.1f}x real time)")
     for u in utts[:5]:
         print(f"  [{u.start:6.2f}-{u.end:6.2f}] {u.label:<10} {u.text}")
 

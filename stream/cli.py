@@ -69,7 +69,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.path.is_dir():
         session = load_session(args.path)
         audio, video = session.audio, video or session.video
-    source = FileSource(audio, None if args.no_video else video, pace=args.pace)
+    # A video file's own pictures are used unless --video names others or --no-video is given.
+    source = FileSource(audio, None if args.no_video else (video or audio), pace=args.pace)
+    if not source.has_audio:
+        print(f"fdrl: warning: {audio} has no audio track: only face labels will be shown", file=sys.stderr)
     return _session(args, cfg, source, live=args.pace == "realtime")
 
 

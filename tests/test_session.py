@@ -316,3 +316,14 @@ def test_library_example_runs(speech, tiny_checkpoint, tmp_path, capsys, monkeyp
     for section in (lines[1:4], lines[5:8]):  # the same three utterances either way
         assert all(keys <= words(line) for line, keys in zip(section, speech.keys)), section
     assert lines[1:4] == lines[5:8]
+
+
+def test_cli_replay_of_a_video_file_uses_its_pictures(bad_media, tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "out.jsonl"
+    code = cli("replay", str(bad_media["whole"]), "--jsonl", str(out), "--checkpoint", str(tiny_checkpoint),
+               cache=tmp_path / "cache")
+    assert code == 0, capsys.readouterr().err
+    assert any(line["type"] == "face" for line in json_lines(out))
+    code = cli("replay", str(bad_media["whole"]), "--no-video", "--jsonl", str(out),
+               "--checkpoint", str(tiny_checkpoint), cache=tmp_path / "cache")
+    assert code == 0 and not any(line["type"] == "face" for line in json_lines(out))
