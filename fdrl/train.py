@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
@@ -17,8 +19,6 @@ from fdrl import metrics
 from fdrl.config import Config
 from fdrl.features import Sample
 from fdrl.model import FDRL, Batch, collate
-
-TEXT_DIM = AUDIO_DIM = 384
 
 
 def input_dims(samples: Sequence[Sample]) -> dict[str, int]:
@@ -189,18 +189,15 @@ def mean_std(values: Sequence[float]) -> tuple[float, float]:
 class Corpora:
     """What `fdrl train` reads. Speech corpora are cross-validated by speaker; text corpora only train."""
 
-    ravdess: "Path | None" = None
-    goemotions: "Path | None" = None      # folder with train.tsv (and dev.tsv, scored after training)
-    iemocap: "Path | None" = None         # IEMOCAP_full_release: leave-one-session-out folds
-    manifests: Sequence["Path"] = ()
+    ravdess: Path | None = None
+    goemotions: Path | None = None        # folder with train.tsv (and dev.tsv, scored after training)
+    iemocap: Path | None = None           # IEMOCAP_full_release: leave-one-session-out folds
+    manifests: Sequence[Path] = ()
 
 
-def train_command(cfg: Config, corpora: Corpora, out: "Path", cv: bool = False, ablation: bool = False,
-                  seeds: int = 3, report: "Path | None" = None) -> dict:
+def train_command(cfg: Config, corpora: Corpora, out: Path, cv: bool = False, ablation: bool = False,
+                  seeds: int = 3, report: Path | None = None) -> dict:
     """Encode the corpora (cached), optionally cross-validate and ablate, then fit and save the final model."""
-    import json
-    from pathlib import Path
-
     from fdrl import checkpoint as ckpt_mod
     from fdrl import data
     from fdrl.errors import UserError

@@ -47,7 +47,8 @@ class Request:
     face_posterior: np.ndarray | None = None
     provisional: asyncio.Future = None       # type: ignore[assignment]  # set by submit()
     final: asyncio.Future = None             # type: ignore[assignment]
-    submitted: float = 0.0
+    submitted: float = 0.0                   # perf_counter when queued
+    queue_s: float = 0.0                     # time spent waiting for the worker
 
 
 class Engine:
@@ -187,7 +188,7 @@ class InferenceWorker:
                     break
             started = time.perf_counter()
             for r in batch:
-                r.queue_s = started - r.submitted  # type: ignore[attr-defined]
+                r.queue_s = started - r.submitted
             try:
                 await loop.run_in_executor(self._executor, self.engine.run_batch, batch, publish)
             except Exception as e:  # a failed batch fails its utterances, not the worker

@@ -315,7 +315,7 @@ class _Run:
             self.counters.no_speech += 1  # Whisper heard no words: noise, a cough, a door
             return
         self.counters.utterances += 1
-        await self.put(self.utterance(job, final, final=True, queue_s=getattr(request, "queue_s", 0.0)))
+        await self.put(self.utterance(job, final, final=True, queue_s=request.queue_s))
 
     # -- helpers ---------------------------------------------------------------------------------
 
