@@ -71,7 +71,7 @@ from stream.events import Error, Utterance
 from stream.inference import Engine
 from stream.pipeline import Recognizer
 from stream.sources import FileSource
-from stream.vad import VadOptions
+from fdrl.vad import VadOptions
 
 DEFAULT_CACHE = PROJECT_ROOT / "bench" / ".cache"
 

@@ -1,6 +1,10 @@
 """From `Item`s to `Sample`s: the frozen encoders, run once per utterance and cached on disk.
 
-One Whisper encoder pass gives both the transcript (with word timestamps) and the audio frames;
+Audio is first cropped to its speech by the same VAD the live pipeline cuts utterances with, so
+the model trains and is evaluated on what it will see live (a whole RAVDESS clip carries ~0.9 s
+of leading silence that a live segment never has; training on whole clips cost about 10 points of
+accuracy through the pipeline). One Whisper encoder pass then gives both the transcript (with word
+timestamps) and the audio frames;
 the transcript's words are then encoded by MiniLM, and each word's tokens are tied to its audio
 frames (`word_spans`) for the fine-grained alignment. Results are cached under a key made of the
 file's content and the encoders' identity, so re-training never re-encodes and a changed encoder
@@ -8,6 +12,7 @@ never reuses stale features.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -17,9 +22,10 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from fdrl.audio import decode_audio
+from fdrl.audio import SAMPLE_RATE, decode_audio
 from fdrl.config import Config
 from fdrl.data import Item
+from fdrl.vad import Segment, Segmenter, VadOptions
 
 WHISPER_FPS = 50  # Whisper encoder frames per second (20 ms hop)
 
@@ -56,6 +62,18 @@ def word_spans(words: Sequence[tuple[float, float]], word_ids: np.ndarray, strid
     return np.asarray(rows, dtype=np.int32).reshape(-1, 4)
 
 
+def speech_span(audio: np.ndarray, options: VadOptions) -> tuple[int, int] | None:
+    """Sample range from the start of the first VAD segment to the end of the last (None: no speech).
+
+    The segments carry the pipeline's pre-roll and tail, so a cropped clip looks like a live one.
+    """
+    segmenter = Segmenter(options)
+    segments = [e for e in [*segmenter.feed(audio), *segmenter.flush()] if isinstance(e, Segment)]
+    if not segments:
+        return None
+    return int(segments[0].start * SAMPLE_RATE), int(round(segments[-1].end * SAMPLE_RATE))
+
+
 def _digest(*parts: bytes | str) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -67,12 +85,15 @@ def _digest(*parts: bytes | str) -> str:
 class FeatureCache:
     """Encoded utterances on disk, one .npz per item, keyed by content + encoder identity."""
 
-    def __init__(self, root: Path, encoder_key: str) -> None:
+    def __init__(self, root: Path, encoder_key: str, audio_key: str) -> None:
         self.root = root / "features" / encoder_key[:16]
         self.encoder_key = encoder_key
+        self.audio_key = audio_key  # what shapes audio before the encoders (the VAD crop)
 
     def key(self, item: Item) -> str:
         parts: list[bytes | str] = [self.encoder_key, item.text or "", f"{item.start}:{item.end}"]
+        if item.audio is not None:
+            parts.append(self.audio_key)
         for path in (item.audio, item.video):
             parts.append(hashlib.sha256(path.read_bytes()).hexdigest() if path else "")
         return _digest(*parts)
@@ -105,10 +126,15 @@ class FeatureExtractor:
         self.cfg = cfg
         self.device = device
         self.stride = cfg.encoders.audio_frame_stride
+        self.vad = VadOptions.from_config(cfg.vad)
         self._whisper = None
         self._text = None
         self._face = None
-        self.cache = FeatureCache(cfg.resolve(cfg.paths.cache_dir), _digest(json.dumps(self.encoder_ids, sort_keys=True))) if cache else None
+        # The VAD crop keys audio items only, so a VAD setting change keeps text features cached. It is
+        # not part of `encoder_ids`: a checkpoint stays usable when a user tunes the live VAD.
+        audio_key = json.dumps({"vad_crop": dataclasses.asdict(self.vad)}, sort_keys=True)
+        self.cache = (FeatureCache(cfg.resolve(cfg.paths.cache_dir), _digest(json.dumps(self.encoder_ids, sort_keys=True)), audio_key)
+                      if cache else None)
 
     @property
     def encoder_ids(self) -> dict[str, object]:
@@ -172,7 +198,7 @@ class FeatureExtractor:
         times: list[list[tuple[float, float]] | None] = [None] * len(items)
         audio_idx = [i for i, it in enumerate(items) if it.audio is not None]
         if audio_idx:
-            audios = [decode_audio(items[i].audio, items[i].start, items[i].end) for i in audio_idx]
+            audios = [self.crop(decode_audio(items[i].audio, items[i].start, items[i].end)) for i in audio_idx]
             need_asr = [items[i].text is None for i in audio_idx]
             results = self.whisper.process(audios, transcribe=any(need_asr))
             for i, asr, (frames, transcript) in zip(audio_idx, need_asr, results):
@@ -195,6 +221,11 @@ class FeatureExtractor:
             if it.video is not None:
                 out[i].update(self.encode_video(it))
         return out
+
+    def crop(self, audio: np.ndarray) -> np.ndarray:
+        """The speech part of a clip, as the live VAD would cut it; the whole clip if VAD hears none."""
+        span = speech_span(audio, self.vad)
+        return audio[span[0]:span[1]] if span else audio
 
     def encode_video(self, item: Item) -> dict[str, np.ndarray]:
         """Face features at `face.rate_hz` over the item's time span; nothing if no face is ever seen."""

@@ -16,7 +16,7 @@ import pytest
 from fdrl.audio import SAMPLE_RATE, decode_audio
 from fdrl.config import load
 from fdrl.errors import UserError
-from stream.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
+from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
 
 FRAME = 480  # 30 ms at 16 kHz
 
@@ -261,3 +261,18 @@ def test_webrtcvad_on_synthetic_speech(tmp_path: Path):
         parts += [decode_audio(wav), silence(1.2)]
     found = segments(np.concatenate([silence(0.5)] + parts))
     assert len(found) == len(phrases)
+
+
+def test_speech_span_crops_a_clip_like_the_live_segmenter(tmp_path):
+    """Training crops clips with the pipeline's VAD: silence around the speech goes, pre-roll stays."""
+    from fdrl.features import speech_span
+    from tests.conftest import speak
+
+    speech = speak("please open the window", tmp_path / "s.wav")
+    silence = np.zeros(SAMPLE_RATE, np.float32)
+    clip = np.concatenate([silence, speech, silence])
+    options = VadOptions()
+    start, end = speech_span(clip, options)
+    assert 0.5 * SAMPLE_RATE < start < SAMPLE_RATE + len(speech) // 4   # near the speech onset, pre-roll included
+    assert SAMPLE_RATE + len(speech) // 2 < end < 1.5 * SAMPLE_RATE + len(speech)
+    assert speech_span(silence, options) is None
