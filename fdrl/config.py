@@ -110,6 +110,7 @@ class Vad:
     min_utterance_ms: int
     max_utterance_ms: int
     speech_ratio: float
+    tail_ms: int
 
 
 @dataclass

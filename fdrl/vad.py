@@ -61,10 +61,10 @@ class VadOptions:
 
     @classmethod
     def from_config(cls, vad: Any) -> "VadOptions":
-        """From the `[vad]` section (`fdrl.config.Vad`); `tail_ms` keeps its default."""
+        """From the `[vad]` section (`fdrl.config.Vad`)."""
         return cls(aggressiveness=vad.aggressiveness, frame_ms=vad.frame_ms, preroll_ms=vad.preroll_ms,
                    hangover_ms=vad.hangover_ms, min_utterance_ms=vad.min_utterance_ms,
-                   max_utterance_ms=vad.max_utterance_ms, speech_ratio=vad.speech_ratio)
+                   max_utterance_ms=vad.max_utterance_ms, speech_ratio=vad.speech_ratio, tail_ms=vad.tail_ms)
 
 
 @dataclass(frozen=True)

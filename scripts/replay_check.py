@@ -44,8 +44,11 @@ def main() -> None:
     parser.add_argument("root", type=Path, help="a RAVDESS root (Actor_NN folders) or a folder of audio files")
     parser.add_argument("--n", type=int, default=40)
     parser.add_argument("--pause", type=float, default=1.5)
+    parser.add_argument("--noise-db", type=float, default=float("-inf"),
+                        help="white noise in the pauses, dBFS (default: digital silence)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--actors", help="comma-separated RAVDESS actor numbers to draw from (e.g. held-out ones)")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="config override")
     parser.add_argument("--checkpoint", type=Path, help="default: the shipped checkpoint (trained on actors 01-20)")
     args = parser.parse_args()
 
@@ -55,7 +58,8 @@ def main() -> None:
         files = [f for f in files if f.stem.split("-")[-1] in wanted]
     random.Random(args.seed).shuffle(files)
     files = files[:args.n]
-    pause = np.zeros(int(args.pause * SAMPLE_RATE), np.float32)
+    rng = np.random.default_rng(args.seed)
+    pause = (10 ** (args.noise_db / 20) * rng.standard_normal(int(args.pause * SAMPLE_RATE))).astype(np.float32)
     parts, spans, t = [pause], [], args.pause
     for f in files:
         audio = decode_audio(f)
@@ -65,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "joined.wav"
         write_wav(path, np.concatenate(parts))
-        utts, wall = asyncio.run(replay(path, config.load(), args.checkpoint))
+        utts, wall = asyncio.run(replay(path, config.load(overrides=args.set), args.checkpoint))
 
     matched, recall_hits, recall_total, correct = 0, 0, 0, 0
     for f, (s, e) in zip(files, spans):
