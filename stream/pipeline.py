@@ -29,12 +29,11 @@ from typing import AsyncIterable, AsyncIterator
 import numpy as np
 
 from fdrl.config import Config
-from fdrl.errors import UserError
 from fdrl.labels import CANONICAL
 from stream.events import Error, Event, FaceUpdate, Level, SpeechStarted, Stats, Utterance
 from stream.inference import Engine, InferenceWorker, Request, Result
 from stream.sources import AudioChunk, VideoFrame
-from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
+from fdrl.vad import Segment, Segmenter, SegmentStart, VadOptions, level_db
 
 _END = object()  # end-of-stream marker on the internal queues
 LEVEL_EVERY_S = 0.1

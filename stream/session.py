@@ -6,11 +6,9 @@ This is what `fdrl live` and `fdrl replay` run; library users who want only even
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import AsyncIterable, AsyncIterator, Callable, Awaitable
+from typing import AsyncIterable, AsyncIterator
 
 from rich.console import Console
 
