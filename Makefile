@@ -8,7 +8,7 @@ FDRL_TORCH ?= torch
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := libportaudio2 espeak-ng
+SYSTEM_PACKAGES := libportaudio2 libjemalloc2 espeak-ng
 
 .PHONY: demo test setup system-packages clean
 
@@ -23,7 +23,8 @@ test: setup
 
 setup: system-packages $(STAMP)
 
-# Debian/Ubuntu libraries: PortAudio for the microphone, espeak-ng for generated test speech.
+# Debian/Ubuntu libraries: PortAudio for the microphone, jemalloc for flat memory in long sessions
+# (stream/process.py), espeak-ng for generated test speech.
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \

@@ -3,7 +3,8 @@ gain measured against the plain path in that same run, as a ratio.
 
     .venv/bin/python -m bench.run [--quick] [--out bench/results.json] [--checkpoint PATH]
                                   [--device cpu|cuda] [--streams N [--streams-pace realtime|fast]]
-                                  [--audio-seconds S] [--cache-dir DIR] [--set SECTION.KEY=VALUE ...]
+                                  [--audio-seconds S] [--cache-dir DIR] [--no-live]
+                                  [--set SECTION.KEY=VALUE ...]
 
 Output. Without `--out`, stdout holds the JSON report first and then the Markdown tables (read the
 JSON part with `json.JSONDecoder().raw_decode(stdout)`); with `--out` the JSON goes to that file
@@ -25,19 +26,30 @@ What it measures, in this order:
    (the GPU target, 64 realtime streams with p95 compute latency <= 300 ms: `--streams 64 --device cuda`).
 7. Fast replay in multiples of real time, with the default config and with `runtime.max_batch=1`
    taking turns (median of 3 rounds, 1 with --quick).
-8. Peak memory (RSS; GPU when CUDA).
+8. Peak memory of this process (RSS; GPU when CUDA). It holds everything above at once (two
+   recognizers during fast replay), so it overstates what a session needs; see 9.
+9. Live sessions, each in a fresh process so no earlier section inflates its peak: the test audio
+   recorded as a session (`stream.record`) with a 640x480 video track at the camera rate (10 fps,
+   what `fdrl live` asks of a camera) showing a drawn face that OpenCV's Haar cascade detects, on a
+   textured backdrop. One process replays the audio alone (face=False), the other audio and video
+   (face=True, as `fdrl live` runs), both at realtime pace and then fast: peak RSS (VmHWM), end of
+   speech -> final label, faces analysed and found. The audio + video process then times the face
+   stage per frame: a frame with the face, the same scene without it, detection and the CNN apart,
+   and detection at full size against the configured `face.detect_width`. --quick starts both
+   processes at once and skips their fast replays; --no-live skips this section.
 
 Plain and optimized paths take turns wherever they can, so a neighbour's load skews both alike.
-The face model is not loaded: the test audio has no video. Timings mean something only on an
-otherwise idle machine; the report keeps the load average at the start and the tables flag a
-busy machine. A full run takes about 4 minutes on 2 cores (plus the length of the audio for
-realtime `--streams`); --quick about 40 s.
+Timings mean something only on an otherwise idle machine; the report keeps the load average at
+the start and the tables flag a busy machine. A full run takes about 7 minutes on 2 cores (plus
+the length of the audio for realtime `--streams`); --quick about 50 s.
 """
 from __future__ import annotations
 
 import os
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the `fdrl` CLI does, before torch is imported
+from stream import process
+
+process.configure(reexec=False)  # as the `fdrl` command does, before torch is imported
 
 import argparse
 import asyncio
@@ -46,9 +58,11 @@ import dataclasses
 import gc
 import hashlib
 import json
+import math
 import platform
 import resource
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -58,6 +72,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import av
+import cv2
 import numpy as np
 import torch
 
@@ -65,13 +81,16 @@ from fdrl import config
 from fdrl.audio import SAMPLE_RATE, decode_audio, write_wav
 from fdrl.config import PROJECT_ROOT, Config
 from fdrl.errors import UserError
+from fdrl.face import FaceAnalyzer, crop_like_fer, pad_like_fer
 from fdrl.features import Sample
-from fdrl.model import FDRL, collate
-from stream.events import Error, Utterance
+from fdrl.model import FDRL
+from fdrl.train import cpu_bf16, predict_proba
+from fdrl.vad import VadOptions
+from stream.events import Error, FaceUpdate, Stats, Utterance
 from stream.inference import Engine
 from stream.pipeline import Recognizer
+from stream.record import SessionRecorder, load_session
 from stream.sources import FileSource
-from fdrl.vad import VadOptions
 
 DEFAULT_CACHE = PROJECT_ROOT / "bench" / ".cache"
 
@@ -106,6 +125,10 @@ HEAD_BATCHES = (1, 8, 32, 128)
 HEAD_AUDIO_FRAMES, HEAD_TEXT_TOKENS, HEAD_WORDS = 60, 12, 5   # ~2.4 s at 25 Hz, a 10-word sentence's tokens
 STAGES = ("encode", "asr", "model", "queue", "compute", "end_to_label")
 GPU_TARGET = "64 concurrent realtime streams with p95 compute latency <= 300 ms"
+RSS_TARGET_MIB = round(1.5e9 / 2**20, 1)   # "peak RSS <= 1.5 GB for live audio + video", read as 10^9 bytes (the stricter)
+
+VIDEO_SIZE = (480, 640)     # height, width: a common webcam mode
+CAMERA_FPS = 10.0           # `fdrl live` asks the camera for max(face.rate_hz, 10) frames a second
 
 
 def log(message: str) -> None:
@@ -229,10 +252,64 @@ class StreamsRun:
 
 @dataclass
 class Memory:
-    peak_rss_mib: float                  # getrusage ru_maxrss
-    vm_hwm_mib: float | None             # /proc/self/status VmHWM
+    peak_rss_mib: float                  # getrusage ru_maxrss (at least the launching process's peak: see LiveRun)
+    vm_hwm_mib: float | None             # /proc/self/status VmHWM: this process's own peak
     gpu_peak_allocated_mib: float | None  # torch's allocator only: CTranslate2's CUDA memory is not in it
     gpu_used_mib: float | None           # the whole device at the end (includes CTranslate2), cudaMemGetInfo
+
+
+@dataclass
+class FaceCost:
+    """The face stage on one 640x480 frame: medians of interleaved runs, in milliseconds."""
+
+    frame: str
+    face_found: bool           # the drawn face is detected, so analyze_face_ms includes the CNN
+    analyze_face_ms: float     # FaceAnalyzer.analyze on the frame with the face: detection, crop, CNN
+    analyze_no_face_ms: float  # the same backdrop without the face: detection finds nothing
+    detect_ms: float           # Haar detection alone, on the frame with the face
+    classify_ms: float         # mini-Xception on one 64x64 crop
+    detect_full_ms: float      # detection at full resolution (face.detect_width = 0): the plain path
+    full_finds_face: bool
+    rate_hz: float             # face.rate_hz: frames analysed per second
+    core_share: float          # analyze_face_ms x rate_hz: the fraction of one core the face stage takes
+    torch_threads: int
+    opencv_threads: int
+
+
+@dataclass
+class LiveRun:
+    """One session in a fresh process: a realtime replay as `fdrl live` would run it, then a fast one."""
+
+    video: bool                # audio + video with face analysis on, or audio alone
+    audio_s: float
+    wall_s: float
+    utterances: int
+    errors: int
+    end_to_label: Dist | None
+    compute: Dist | None
+    video_frames: int          # frames in the video track (CAMERA_FPS)
+    face_frames: int           # frames analysed (face.rate_hz) in the realtime replay
+    faces_found: int
+    frames_dropped: int        # frames the pipeline dropped because the face stage fell behind
+    rss_after_load_mib: float
+    # VmHWM right after the realtime replay: the live session's peak. Not getrusage's ru_maxrss, which
+    # Linux carries over fork + exec, so a child starts with its parent's peak.
+    peak_rss_mib: float
+    gpu_peak_allocated_mib: float | None   # as in Memory
+    gpu_used_mib: float | None
+    fast_x_realtime: float | None          # None: no fast replay (--quick)
+    fast_utterances: int | None
+    peak_rss_after_fast_mib: float | None  # VmHWM once the fast replay has run too
+    face: FaceCost | None      # audio + video only
+
+
+@dataclass
+class Live:
+    audio_only: LiveRun
+    audio_video: LiveRun
+    rss_target_mib: float
+    meets_rss_target: bool     # the audio + video peak of the realtime replay is within the target
+    rss_ratio: float           # audio + video peak / audio-only peak
 
 
 @dataclass
@@ -248,6 +325,7 @@ class Report:
     gains: list[Gain]
     streams: StreamsRun | None
     memory: Memory
+    live: Live | None
     bench_wall_s: float
 
 
@@ -307,6 +385,54 @@ def utterance_clips(audio: TestAudio, cfg: Config) -> list[np.ndarray]:
     return [samples[max(0, round((s - before) * SAMPLE_RATE)):round((e + after) * SAMPLE_RATE)] for s, e in audio.spans]
 
 
+def backdrop(size: tuple[int, int] = VIDEO_SIZE, seed: int = 0) -> np.ndarray:
+    """A gray textured scene (smoothed coarse noise). Haar detection's cost depends on texture: it
+    rejects a blank frame about 15 times faster than this, so blank frames would flatter the face stage."""
+    noise = np.random.default_rng(seed).integers(0, 256, (size[0] // 8, size[1] // 8), dtype=np.uint8)
+    texture = cv2.resize(noise, (size[1], size[0]), interpolation=cv2.INTER_CUBIC)
+    return cv2.addWeighted(texture, 0.5, np.full(size, 60, np.uint8), 0.5, 0)
+
+
+def drawn_face(scene: np.ndarray, t: float) -> np.ndarray:
+    """A BGR frame: the drawn face of tests/test_face.py (which the Haar cascade detects) on `scene`,
+    swaying sideways and opening its mouth as if talking, so the video changes from frame to frame."""
+    img = scene.copy()
+    cx, cy = img.shape[1] // 2 + round(12 * math.sin(2 * math.pi * 0.3 * t)), img.shape[0] // 2
+    cv2.ellipse(img, (cx, cy), (80, 105), 0, 0, 360, 200, -1)
+    for dx in (-32, 32):
+        cv2.ellipse(img, (cx + dx, cy - 25), (18, 9), 0, 0, 360, 40, -1)
+        cv2.line(img, (cx + dx - 20, cy - 45), (cx + dx + 20, cy - 45), 60, 5)
+    cv2.ellipse(img, (cx, cy + 15), (9, 22), 0, 0, 360, 170, -1)
+    cv2.ellipse(img, (cx, cy + 55), (30, 6 + round(6 * abs(math.sin(2 * math.pi * 2 * t)))), 0, 0, 360, 70, -1)
+    return cv2.cvtColor(cv2.GaussianBlur(img, (0, 0), 3), cv2.COLOR_GRAY2BGR)
+
+
+def no_face(scene: np.ndarray) -> np.ndarray:
+    """The scene as `drawn_face` renders it, without the face."""
+    return cv2.cvtColor(cv2.GaussianBlur(scene, (0, 0), 3), cv2.COLOR_GRAY2BGR)
+
+
+def make_session(audio: TestAudio, cache_dir: Path) -> Path:
+    """The test audio recorded as a session (audio.wav + video.mp4 at CAMERA_FPS, as `fdrl live --record`
+    writes one) with `drawn_face` in every frame; cached next to the audio."""
+    recipe = [Path(audio.path).name, VIDEO_SIZE, CAMERA_FPS, av.__version__, "drawn_face v1"]
+    folder = cache_dir / f"session-{hashlib.blake2b(json.dumps(recipe).encode(), digest_size=6).hexdigest()}"
+    try:
+        if load_session(folder).meta.get("complete"):
+            return folder
+    except UserError:
+        pass  # not made yet, or an earlier attempt was interrupted
+    shutil.rmtree(folder, ignore_errors=True)
+    samples, scene = decode_audio(audio.path), backdrop()
+    chunk = SAMPLE_RATE // 10
+    with SessionRecorder(folder, video_fps=CAMERA_FPS) as recorder:
+        for start in range(0, len(samples), chunk):
+            recorder.write_audio(start / SAMPLE_RATE, samples[start:start + chunk])
+        for k in range(int(audio.duration_s * CAMERA_FPS)):
+            recorder.write_frame(k / CAMERA_FPS, drawn_face(scene, k / CAMERA_FPS))
+    return folder
+
+
 # -- 2. environment and model load -----------------------------------------------------------------
 
 
@@ -335,7 +461,7 @@ def environment(engine: Engine, loadavg: Sequence[float]) -> Environment:
         cpu=_cpu_model(), cores=cores, usable_cores=usable,
         gpu=torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         device=engine.device, python=platform.python_version(),
-        versions={p: _version(p) for p in ("torch", "ctranslate2", "faster-whisper", "numpy")},
+        versions={p: _version(p) for p in ("torch", "ctranslate2", "faster-whisper", "numpy", "opencv-python-headless", "av")},
         torch_threads=torch.get_num_threads(),
         whisper_threads=engine.cfg.encoders.whisper_threads or usable,
         whisper_compute_type=str(getattr(ct2, "compute_type", engine.whisper.compute_type)),
@@ -414,13 +540,6 @@ def head_samples(dims: dict[str, int], n: int, seed: int = 0) -> list[Sample]:
                    word_spans=spans) for _ in range(n)]
 
 
-@torch.inference_mode()
-def head_forward(model: FDRL, samples: list[Sample], device: str) -> np.ndarray:
-    """What the worker does per batch: collate, forward, softmax, posteriors back on the CPU."""
-    batch = collate(samples, model.dims).to(device)
-    return torch.softmax(model(batch).logits, dim=-1).cpu().numpy()
-
-
 def bench_head(model: FDRL, runs: int, warmup: int = 3) -> list[HeadPoint]:
     """Median latency per batch size and device; the batch sizes take turns run by run, so a
     neighbour's load skews them alike."""
@@ -432,7 +551,7 @@ def bench_head(model: FDRL, runs: int, warmup: int = 3) -> list[HeadPoint]:
         times: dict[int, list[float]] = {b: [] for b in HEAD_BATCHES}
         for i in range(warmup + runs):
             for b in HEAD_BATCHES:
-                seconds, _ = _timed(lambda: head_forward(local, samples[b], device))
+                seconds, _ = _timed(lambda: predict_proba(local, samples[b]))  # what the worker runs per batch
                 if i >= warmup:
                     times[b].append(seconds)
         for b in HEAD_BATCHES:
@@ -454,6 +573,24 @@ def gains_head(points: list[HeadPoint], batch: int = 32) -> list[Gain]:
     return out
 
 
+def gain_bf16(model: FDRL, runs: int, batch: int = 32, warmup: int = 3) -> Gain:
+    """The head at batch `batch` on the CPU in float32 against bf16 autocast (what `predict_proba` picks
+    on a CPU with native bf16), interleaved; the note gives how far the posteriors move."""
+    local = copy.deepcopy(model).to("cpu").eval()
+    samples = head_samples(model.dims, batch)
+    times: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(warmup + runs):
+        for bf16 in times:
+            seconds, _ = _timed(lambda: predict_proba(local, samples, bf16=bf16))
+            if i >= warmup:
+                times[bf16].append(seconds)
+    plain, fast = (float(np.median(times[k])) for k in (False, True))
+    drift = float(np.abs(predict_proba(local, samples, bf16=False) - predict_proba(local, samples, bf16=True)).max())
+    used = "used here" if cpu_bf16() else "NOT used here: this CPU has no native bf16"
+    return Gain("bf16 autocast, FDRL head (cpu)", f"float32, batch {batch}", f"bf16, batch {batch}", round(plain, 5),
+                round(fast, 5), round(plain / fast, 3), f"max posterior change {drift:.4f}; {used}")
+
+
 # -- 5-7. the pipeline -----------------------------------------------------------------------------
 
 
@@ -465,18 +602,25 @@ class Played:
     provisionals: list[Utterance]
     errors: int
     wall_s: float
+    faces: list[FaceUpdate]        # one per analysed frame; label None when no face was found
+    frames_dropped: int            # from the last Stats event
 
 
-async def replay(rec: Recognizer, path: str, pace: str, live: bool, stream: str = "0", delay_s: float = 0.0) -> Played:
+async def replay(rec: Recognizer, source: FileSource, live: bool, stream: str = "0", delay_s: float = 0.0) -> Played:
     await asyncio.sleep(delay_s)
-    finals, provisionals, errors = [], [], 0
+    played = Played([], [], 0, 0.0, [], 0)
     t0 = time.perf_counter()
-    async for event in rec.run(FileSource(path, pace=pace), stream=stream, live=live):  # type: ignore[arg-type]
+    async for event in rec.run(source, stream=stream, live=live):  # type: ignore[arg-type]
         if isinstance(event, Utterance):
-            (finals if event.final else provisionals).append(event)
+            (played.finals if event.final else played.provisionals).append(event)
         elif isinstance(event, Error):
-            errors += 1
-    return Played(finals, provisionals, errors, time.perf_counter() - t0)
+            played.errors += 1
+        elif isinstance(event, FaceUpdate):
+            played.faces.append(event)
+        elif isinstance(event, Stats):
+            played.frames_dropped = event.frames_dropped
+    played.wall_s = time.perf_counter() - t0
+    return played
 
 
 def _timing(utterances: list[Utterance], key: str) -> Dist | None:
@@ -490,14 +634,14 @@ def mean_batch(finals: list[Utterance]) -> float:
 
 
 async def measure_realtime(rec: Recognizer, audio: TestAudio) -> RealtimeReplay:
-    played = await replay(rec, audio.path, "realtime", live=True)
+    played = await replay(rec, FileSource(audio.path, pace="realtime"), live=True)
     return RealtimeReplay(audio.duration_s, round(played.wall_s, 3), len(played.finals), played.errors,
                           {k: _timing(played.finals, k) for k in STAGES},
                           _timing(played.provisionals, "compute"), _timing(played.provisionals, "end_to_label"))
 
 
 async def measure_fast(rec: Recognizer, audio: TestAudio) -> FastReplay:
-    played = await replay(rec, audio.path, "fast", live=False)
+    played = await replay(rec, FileSource(audio.path, pace="fast"), live=False)
     return FastReplay(rec.cfg.runtime.max_batch, audio.duration_s, round(played.wall_s, 3),
                       round(audio.duration_s / played.wall_s, 2), len(played.finals), mean_batch(played.finals))
 
@@ -520,8 +664,8 @@ async def measure_streams(rec: Recognizer, audio: TestAudio, n: int, pace: str) 
     live = pace == "realtime"
     period = audio.duration_s / len(audio.spans)
     t0 = time.perf_counter()
-    played = await asyncio.gather(*(replay(rec, audio.path, pace, live, str(i), period * i / n if live else 0.0)
-                                     for i in range(n)))
+    played = await asyncio.gather(*(replay(rec, FileSource(audio.path, pace=pace), live, str(i),  # type: ignore[arg-type]
+                                           period * i / n if live else 0.0) for i in range(n)))
     wall = time.perf_counter() - t0
     finals = [u for p in played for u in p.finals]
     provisionals = [u for p in played for u in p.provisionals]
@@ -578,6 +722,118 @@ def memory() -> Memory:
     return Memory(round(peak, 1), _status_mib("VmHWM"), gpu_peak, gpu_used)
 
 
+# -- 9. live sessions, each in a fresh process -----------------------------------------------------
+
+
+@dataclass
+class ChildSpec:
+    """What the bench asks of one live-session process (JSON on that process's command line)."""
+
+    session: str               # a recorded session folder (make_session)
+    video: bool                # replay its video with face analysis on, or its audio alone
+    checkpoint: str
+    device: str | None
+    overrides: list[str]
+    fast: bool                 # also a fast replay after the realtime one (not with --quick)
+    runs: int                  # timed runs of each face-stage variant
+
+
+def _median_ms(fns: dict[str, Callable[[], Any]], runs: int, warmup: int = 1) -> dict[str, float]:
+    """Median milliseconds of each function; they take turns run by run, so a neighbour's load skews them alike."""
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + runs):
+        for name, fn in fns.items():
+            seconds, _ = _timed(fn)
+            if i >= warmup:
+                times[name].append(seconds)
+    return {name: round(float(np.median(t)) * 1000, 2) for name, t in times.items()}
+
+
+def face_cost(cfg: Config, runs: int) -> FaceCost:
+    """The face stage on a frame where the drawn face is found and on the same scene without it, with
+    detection and the CNN apart; and detection at full resolution, the plain path `face.detect_width` avoids."""
+    weights = cfg.resolve(cfg.paths.face_weights)
+    analyzer = FaceAnalyzer.from_config(cfg, "cpu")                          # as the Recognizer builds it
+    full_size = FaceAnalyzer(weights, "cpu", cfg.face.min_face_px, detect_width=0)
+    scene = backdrop()
+    with_face, without = drawn_face(scene, 0.0), no_face(scene)
+    gray = cv2.cvtColor(with_face, cv2.COLOR_BGR2GRAY)
+    boxes = analyzer.detect(gray)
+    crop = crop_like_fer(pad_like_fer(gray), boxes[0])[None] if boxes else np.zeros((1, 64, 64), np.float32)
+    ms = _median_ms({"face": lambda: analyzer.analyze(with_face), "no_face": lambda: analyzer.analyze(without),
+                     "detect": lambda: analyzer.detect(gray), "classify": lambda: analyzer.classify(crop),
+                     "full": lambda: full_size.detect(gray)}, runs)
+    return FaceCost(f"{VIDEO_SIZE[1]}x{VIDEO_SIZE[0]}", analyzer.analyze(with_face) is not None, ms["face"], ms["no_face"],
+                    ms["detect"], ms["classify"], ms["full"], bool(full_size.detect(gray)), cfg.face.rate_hz,
+                    round(ms["face"] / 1000 * cfg.face.rate_hz, 3), torch.get_num_threads(), cv2.getNumThreads())
+
+
+async def live_session(spec: ChildSpec) -> LiveRun:
+    """In the fresh process: a realtime replay, the peak memory it left, then a fast replay and (with
+    video) the face-stage timings, which come after the peak is read and so cannot inflate it."""
+    cfg = config.load(overrides=spec.overrides)
+    session = load_session(spec.session)
+    video = session.video if spec.video else None
+    async with Recognizer(cfg, Path(spec.checkpoint), spec.device, face=spec.video) as rec:
+        rss_loaded = _status_mib("VmRSS") or 0.0
+        log(f"live session ({'audio + video' if spec.video else 'audio only'}): realtime replay")
+        live = await replay(rec, FileSource(session.audio, video, pace="realtime"), live=True)
+        mem = memory()
+        fast = None
+        if spec.fast:
+            log("then a fast replay")
+            fast = await replay(rec, FileSource(session.audio, video, pace="fast"), live=False)
+    face = face_cost(cfg, spec.runs) if spec.video else None
+    audio_s = float(session.meta["audio_s"])
+    return LiveRun(spec.video, audio_s, round(live.wall_s, 3), len(live.finals), live.errors,
+                   _timing(live.finals, "end_to_label"), _timing(live.finals, "compute"),
+                   int(session.meta["video_frames"]) if spec.video else 0, len(live.faces),
+                   sum(f.label is not None for f in live.faces), live.frames_dropped, rss_loaded,
+                   mem.vm_hwm_mib or mem.peak_rss_mib, mem.gpu_peak_allocated_mib, mem.gpu_used_mib,
+                   round(audio_s / fast.wall_s, 2) if fast else None, len(fast.finals) if fast else None,
+                   _status_mib("VmHWM") if fast else None, face)
+
+
+def _live_run(d: dict[str, Any]) -> LiveRun:
+    """A LiveRun back from its JSON form."""
+    nested = {k: Dist(**d[k]) if d[k] else None for k in ("end_to_label", "compute")}
+    return LiveRun(**{**d, **nested, "face": FaceCost(**d["face"]) if d["face"] else None})
+
+
+def start_live(spec: ChildSpec) -> subprocess.Popen:
+    """`live_session` in a fresh Python process, so its VmHWM is the session's own; its stderr is ours."""
+    return subprocess.Popen([sys.executable, "-m", "bench.run", "--child", json.dumps(dataclasses.asdict(spec))],
+                            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, text=True)
+
+
+def finish_live(proc: subprocess.Popen) -> LiveRun:
+    out, _ = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"a live-session process exited with {proc.returncode}; its error is above")
+    return _live_run(json.loads(out.strip().splitlines()[-1]))
+
+
+def measure_live(session: Path, checkpoint: Path, device: str | None, overrides: list[str], quick: bool) -> Live:
+    """The same session replayed by two fresh processes, audio alone then audio + video. A quick run
+    starts both at once: their timings then contend, but each process's memory is still its own."""
+    specs = [ChildSpec(str(session), video, str(checkpoint), device, overrides, fast=not quick, runs=3 if quick else 20)
+             for video in (False, True)]
+    if quick:
+        procs = [start_live(spec) for spec in specs]
+        audio_only, audio_video = (finish_live(proc) for proc in procs)
+    else:
+        audio_only, audio_video = (finish_live(start_live(spec)) for spec in specs)
+    return Live(audio_only, audio_video, RSS_TARGET_MIB, audio_video.peak_rss_mib <= RSS_TARGET_MIB,
+                round(audio_video.peak_rss_mib / audio_only.peak_rss_mib, 3))
+
+
+def gain_detect_width(face: FaceCost, detect_width: int) -> Gain:
+    note = "both find the face" if face.face_found and face.full_finds_face else "the two disagree on the face"
+    return Gain("Haar detection on a smaller copy", f"{face.frame} frame", f"face.detect_width = {detect_width}",
+                round(face.detect_full_ms / 1000, 5), round(face.detect_ms / 1000, 5),
+                round(face.detect_full_ms / face.detect_ms, 3), note)
+
+
 # -- the report ------------------------------------------------------------------------------------
 
 
@@ -591,7 +847,8 @@ def to_markdown(r: Report) -> str:
     lines = [f"## fdrl-stream benchmark: {e.cpu} ({e.usable_cores}/{e.cores} cores{gpu}), device {e.device}",
              "",
              f"torch {e.versions['torch']} ({e.torch_threads} threads), ctranslate2 {e.versions['ctranslate2']}, "
-             f"faster-whisper {e.versions['faster-whisper']}, numpy {e.versions['numpy']}; "
+             f"faster-whisper {e.versions['faster-whisper']}, numpy {e.versions['numpy']}, "
+             f"OpenCV {e.versions['opencv-python-headless']}, PyAV {e.versions['av']}; "
              f"Whisper compute type {e.whisper_compute_type}, {e.whisper_threads} threads. "
              f"Test audio {r.audio.duration_s:.0f} s, {len(r.audio.spans)} sentences.", ""]
     if e.busy:
@@ -625,9 +882,13 @@ def to_markdown(r: Report) -> str:
     lines += [f"| model load: Engine() | {r.load.engine_s:.2f} s |",
               f"| warm-up: Engine.warmup() | {r.load.warmup_s:.2f} s |",
               f"| Recognizer.__aenter__ (warm files) | {r.load.recognizer_enter_s:.2f} s |",
-              f"| RSS after load / peak RSS | {r.load.rss_after_load_mib:.0f} / {m.peak_rss_mib:.0f} MiB |"]
+              (f"| RSS after load / peak RSS (this process) | {r.load.rss_after_load_mib:.0f} / "
+               f"{m.vm_hwm_mib or m.peak_rss_mib:.0f} MiB |")]
     if m.gpu_peak_allocated_mib is not None:
         lines.append(f"| GPU peak (torch) / device used at end | {m.gpu_peak_allocated_mib:.0f} / {m.gpu_used_mib:.0f} MiB |")
+
+    if r.live:
+        lines += ["", *live_table(r.live)]
 
     lines += ["", "| FDRL head | batch | latency (median) | utterances/s |", "|---|---:|---:|---:|"]
     lines += [f"| {p.device} | {p.batch} | {p.latency_ms:.2f} ms | {p.utterances_per_s:,.0f} |" for p in r.head]
@@ -637,6 +898,42 @@ def to_markdown(r: Report) -> str:
               f"**{g.ratio:.2f}×** | {g.note} |" for g in r.gains]
     lines += ["", f"Reproduce: `{r.command}` (this run took {r.bench_wall_s:.0f} s)."]
     return "\n".join(lines)
+
+
+def live_table(live: Live) -> list[str]:
+    """Audio alone against audio + video, each a fresh process replaying the same session."""
+    a, v = live.audio_only, live.audio_video
+    verdict = "within" if live.meets_rss_target else "**over**"
+
+    def p50_p95(d: Dist | None) -> str:
+        return f"{_ms(d, 'p50_ms')} / {_ms(d, 'p95_ms')}"
+
+    def peak_fast(r: LiveRun) -> str:
+        return f"{r.peak_rss_after_fast_mib:.0f} MiB"
+
+    rows = [("peak RSS, realtime replay (VmHWM)", f"{a.peak_rss_mib:.0f} MiB",
+             f"{v.peak_rss_mib:.0f} MiB ({live.rss_ratio:.2f}×; {verdict} the {live.rss_target_mib:.0f} MiB target)"),
+            ("RSS after load", f"{a.rss_after_load_mib:.0f} MiB", f"{v.rss_after_load_mib:.0f} MiB"),
+            ("end of speech → final label, p50 / p95", p50_p95(a.end_to_label), p50_p95(v.end_to_label)),
+            ("segment closed → final label, p50 / p95", p50_p95(a.compute), p50_p95(v.compute)),
+            ("final labels / errors", f"{a.utterances} / {a.errors}", f"{v.utterances} / {v.errors}"),
+            ("video frames / analysed / face found / dropped", "—",
+             f"{v.video_frames} / {v.face_frames} / {v.faces_found} / {v.frames_dropped}")]
+    if a.fast_x_realtime is not None and v.fast_x_realtime is not None:
+        rows += [("then fast replay", f"{a.fast_x_realtime:.2f}× realtime", f"{v.fast_x_realtime:.2f}× realtime"),
+                 ("peak RSS with the fast replay too", peak_fast(a), peak_fast(v))]
+    if a.gpu_peak_allocated_mib is not None and v.gpu_peak_allocated_mib is not None:
+        rows.append(("GPU peak (torch) / device used",
+                     *(f"{r.gpu_peak_allocated_mib:.0f} / {r.gpu_used_mib:.0f} MiB" for r in (a, v))))
+    if v.face is not None:
+        f = v.face
+        rows += [(f"face stage per {f.frame} frame: face found / no face", "—",
+                  f"{f.analyze_face_ms:.1f} / {f.analyze_no_face_ms:.1f} ms"),
+                 ("… of which Haar detection / CNN", "—", f"{f.detect_ms:.1f} / {f.classify_ms:.1f} ms"),
+                 (f"… share of one core at {f.rate_hz:g} Hz (torch {f.torch_threads}, OpenCV {f.opencv_threads} threads)",
+                  "—", f"{f.core_share:.0%}")]
+    return ["| live session, fresh process | audio only | audio + video |", "|---|---:|---:|",
+            *(f"| {name} | {x} | {y} |" for name, x, y in rows)]
 
 
 def _seconds(s: float) -> str:
@@ -657,6 +954,8 @@ class Options:
     audio_seconds: float | None = None
     cache_dir: Path = DEFAULT_CACHE
     overrides: list[str] = dataclasses.field(default_factory=list)
+    live: bool = True                  # section 9: the two live-session processes
+    child: ChildSpec | None = None     # set in the live-session process itself
 
 
 def run(opts: Options, command: str) -> Report:
@@ -681,15 +980,24 @@ def run(opts: Options, command: str) -> Report:
     shared = gain_shared_encoder(engine.whisper, utterance_clips(audio, cfg), repeats=1 if opts.quick else 3)
     log("FDRL head")
     head = bench_head(engine.ckpt.model, runs=20 if opts.quick else 50)
+    bf16 = gain_bf16(engine.ckpt.model, runs=20 if opts.quick else 50)
     del engine
     gc.collect()
 
     pipe = asyncio.run(measure_pipeline(cfg, cfg_batch1, checkpoint, opts.device, audio, opts.streams, opts.streams_pace,
                                         rounds=1 if opts.quick else 3))
-    gains = [shared, *gains_head(head), gain_fast_batching(pipe.fast, pipe.fast_batch1)]
+    gains = [shared, *gains_head(head), bf16, gain_fast_batching(pipe.fast, pipe.fast_batch1)]
     load = LoadTimes(round(engine_s, 3), round(warmup_s, 3), pipe.enter_s, rss_loaded)
+    mem = memory()
+    live = None
+    if opts.live:
+        session = make_session(audio, opts.cache_dir)
+        log(f"live sessions in fresh processes: audio only, audio + video ({session})")
+        live = measure_live(session, checkpoint, opts.device, opts.overrides, opts.quick)
+        if live.audio_video.face is not None:
+            gains.append(gain_detect_width(live.audio_video.face, cfg.face.detect_width))
     return Report(command, env, audio, load, pipe.realtime, pipe.fast, pipe.fast_batch1, head, gains, pipe.streams,
-                  memory(), round(time.perf_counter() - started, 1))
+                  mem, live, round(time.perf_counter() - started, 1))
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -702,7 +1010,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--streams", type=int, default=0, metavar="N", help="also replay N streams at once on one Recognizer")
     p.add_argument("--streams-pace", choices=("realtime", "fast"), default="realtime", help="pace of the --streams replays")
     p.add_argument("--audio-seconds", type=float, help="length of the test audio (default 60, 12 with --quick)")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the generated audio is kept")
+    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the generated audio and video are kept")
+    p.add_argument("--no-live", action="store_true", help="skip the live sessions in fresh processes (section 9)")
+    p.add_argument("--child", help=argparse.SUPPRESS)  # JSON ChildSpec: this process is one live session
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable)")
     a = p.parse_args(argv)
@@ -710,12 +1020,19 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         p.error("--streams must be >= 0")
     if a.audio_seconds is not None and a.audio_seconds <= 0:
         p.error("--audio-seconds must be positive")
-    return Options(a.quick, a.out, a.checkpoint, a.device, a.streams, a.streams_pace, a.audio_seconds, a.cache_dir, a.overrides)
+    child = ChildSpec(**json.loads(a.child)) if a.child else None
+    return Options(a.quick, a.out, a.checkpoint, a.device, a.streams, a.streams_pace, a.audio_seconds, a.cache_dir,
+                   a.overrides, not a.no_live, child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:
+        process.reexec_with_jemalloc()  # measure what the `fdrl` command runs (FDRL_MALLOC=system: glibc's)
     argv = list(sys.argv[1:] if argv is None else argv)
     opts = parse_args(argv)
+    if opts.child is not None:  # one live session: its JSON on one line of stdout, for `finish_live`
+        print(json.dumps(dataclasses.asdict(asyncio.run(live_session(opts.child)))))
+        return 0
     try:
         report = run(opts, shlex.join([".venv/bin/python", "-m", "bench.run", *argv]))
     except UserError as e:

@@ -20,6 +20,13 @@ SAMPLE_RATE = 16000
 _FIX = "convert it to WAV or FLAC, or pass another file"
 
 
+def check_finite(samples: np.ndarray, path: Path | str) -> None:
+    """A broken float file's NaN or inf would poison Whisper and every score silently: refuse it."""
+    if not np.isfinite(samples).all():
+        raise UserError(f"{path} contains NaN or infinite samples (a corrupt float recording; "
+                        "re-export it as 16-bit WAV or FLAC)")
+
+
 def decode_audio(path: str | Path, start: float | None = None, end: float | None = None) -> np.ndarray:
     """Decode the first audio track of `path` to float32 mono at 16 kHz, optionally cut to [start, end) seconds.
 
@@ -46,6 +53,7 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
         raise UserError(f"cannot decode {path}: {reason} (unreadable, corrupt or unsupported; {_FIX})") from None
     if audio.size == 0:
         raise UserError(f"{path} contains no audio samples (the file is empty or truncated; {_FIX})")
+    check_finite(audio, path)
     if first >= audio.size:
         raise UserError(f"start={start}s is beyond the end of {path} ({audio.size / SAMPLE_RATE:.2f}s long)")
     return audio[first:last]

@@ -57,7 +57,9 @@ def load(path: Path, expected_encoders: dict[str, Any] | None = None, device: st
         raise UserError(f"checkpoint {path} is corrupted or not a checkpoint ({type(e).__name__}); re-train or re-download it") from None
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise UserError(f"checkpoint {path} is not an fdrl-stream checkpoint (format {FORMAT} expected)")
-    encoders = blob["encoders"]
+    encoders = blob.get("encoders")
+    if not isinstance(encoders, dict):
+        raise UserError(f"checkpoint {path} has no encoder settings (damaged or written by another tool); re-train it")
     for key, want in (expected_encoders or {}).items():
         have = encoders.get(key)
         if have != want:
@@ -67,7 +69,7 @@ def load(path: Path, expected_encoders: dict[str, Any] | None = None, device: st
         model_config = config_mod.Model(**blob["model_config"])
         model = FDRL(model_config, blob["dims"], len(blob["labels"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
-    except (TypeError, KeyError, RuntimeError) as e:
-        raise UserError(f"checkpoint {path} does not match this version of the model ({str(e).splitlines()[0]}); re-train it") from None
+    except (TypeError, KeyError, AttributeError, ValueError, RuntimeError) as e:
+        raise UserError(f"checkpoint {path} does not match this version of the model ({(str(e).splitlines() or [type(e).__name__])[0]}); re-train it") from None
     model.to(device).eval()
     return Checkpoint(model, blob["labels"], blob["dims"], encoders, model_config, blob.get("metrics", {}), path)

@@ -56,6 +56,7 @@ class Asr:
 class Face:
     rate_hz: float
     min_face_px: int
+    detect_width: int
 
 
 @dataclass
@@ -150,6 +151,14 @@ _CHOICES = {
     ("vad", "aggressiveness"): {0, 1, 2, 3},
 }
 
+# Numeric keys whose out-of-range values would otherwise fail deep inside a run (a division by
+# zero, a CTranslate2 traceback, every utterance an error) or mislead silently (negative probabilities).
+_POSITIVE = {("face", "rate_hz"), ("ui", "refresh_hz"), ("asr", "beam_size"), ("runtime", "max_batch"),
+             ("encoders", "audio_frame_stride"), ("encoders", "text_max_tokens"), ("train", "epochs"),
+             ("train", "batch_size")}
+_NON_NEGATIVE = {("encoders", "whisper_threads"), ("runtime", "max_wait_ms"), ("face", "detect_width")}
+_FRACTION = {("fusion", "face_weight"), ("model", "dropout"), ("train", "text_dropout")}
+
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
     """Check `value` against the field's type; ints are accepted where floats are expected."""
@@ -171,6 +180,12 @@ def _check(dotted: str, value: Any, hint: Any) -> Any:
     allowed = _CHOICES.get((section, key))
     if allowed is not None and value not in allowed:
         raise UserError(f"config key '{dotted}' must be one of {sorted(allowed)}, got {value!r}")
+    if (section, key) in _POSITIVE and not value > 0:
+        raise UserError(f"config key '{dotted}' must be > 0, got {value!r}")
+    if (section, key) in _NON_NEGATIVE and not value >= 0:
+        raise UserError(f"config key '{dotted}' must be >= 0, got {value!r}")
+    if (section, key) in _FRACTION and not 0 <= value <= 1:
+        raise UserError(f"config key '{dotted}' must be between 0 and 1, got {value!r}")
     return value
 
 
@@ -219,7 +234,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"config file not found: {path} (pass --config PATH to an existing file)")
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is not TOML
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"malformed config file {path}: {e} (fix the TOML syntax)") from None
 

@@ -293,7 +293,7 @@ def load_manifest(path: Path, labels: Sequence[str]) -> list[Item]:
     path = _existing_file(path, "manifest")
     base = path.absolute().parent
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is not JSON
     except UnicodeDecodeError as e:
         raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
     items, errors = [], []

@@ -5,8 +5,9 @@ so the figures measure the product, not an oracle transcript.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -21,9 +22,15 @@ from fdrl.train import predict_proba
 
 
 def late_fusion(p_model: np.ndarray, samples: Sequence[Sample], labels: Sequence[str], face_weight: float) -> np.ndarray:
-    """p = (1 - w) * p_fdrl + w * p_face for utterances where a face was seen (face posteriors are in CANONICAL order)."""
-    order = [CANONICAL.index(name) for name in labels]
+    """p = (1 - w) * p_fdrl + w * p_face for utterances where a face was seen (face posteriors are in CANONICAL order).
+
+    A checkpoint trained on labels outside CANONICAL (a custom `labels.names`) has no face
+    counterpart for them, so its probabilities pass through unfused.
+    """
     p = p_model.copy()
+    if not set(labels) <= set(CANONICAL):
+        return p
+    order = [CANONICAL.index(name) for name in labels]
     for i, s in enumerate(samples):
         if s.face_posterior is not None and face_weight > 0:
             face = s.face_posterior[order]
@@ -31,10 +38,22 @@ def late_fusion(p_model: np.ndarray, samples: Sequence[Sample], labels: Sequence
     return p
 
 
-def resolve_device(name: str) -> str:
+def resolve_device(name: str, warn: Callable[[str], None] | None = None) -> str:
+    """The torch device for `runtime.device`: "auto" takes CUDA when there is a GPU.
+
+    "cuda" without a usable GPU is not fatal: everything runs on the CPU, only slower, so the
+    caller is told through `warn` (default: a RuntimeWarning) and gets "cpu".
+    """
     import torch
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        message = f"runtime.device is {name!r} but CUDA is not available: running on the CPU (slower)"
+        if warn is not None:
+            warn(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return "cpu"
     return name
 
 

@@ -60,6 +60,7 @@ from typing import Protocol, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from fdrl import config
 from fdrl import losses as L
@@ -163,16 +164,19 @@ class SelfAttention(nn.Module):
     def __init__(self, d: int, n_heads: int, dropout: float):
         super().__init__()
         self.n_heads = n_heads
+        self.dropout = dropout
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
-        self.drop = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         B, T, d = x.shape
         q, k, v = self.qkv(x).view(B, T, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)  # 3 x [B, h, T, d/h]
-        att = q @ k.transpose(-2, -1) / math.sqrt(d // self.n_heads)                                  # [B, h, T, T]
-        att = self.drop(masked_softmax(att, mask[:, None, None, :]))                                  # padded keys get 0
-        return self.proj((att @ v).transpose(1, 2).reshape(B, T, d))
+        # Padded keys get no weight. A row with no valid key at all (an absent modality) would give
+        # NaN; it attends everywhere instead, and the Encoder zeroes its output anyway.
+        keys = mask | ~mask.any(1, keepdim=True)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=keys[:, None, None, :],
+                                           dropout_p=self.dropout if self.training else 0.0)
+        return self.proj(y.transpose(1, 2).reshape(B, T, d))
 
 
 class Block(nn.Module):

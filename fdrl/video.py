@@ -13,14 +13,14 @@ from fdrl.errors import UserError
 def read_frames(path: Path, rate_hz: float, start: float | None = None, end: float | None = None) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (seconds, BGR uint8 frame) at most `rate_hz` times per second within [start, end)."""
     if not path.is_file():
-        raise UserError(f"video file not found: {path}")
+        raise UserError(f"video file not found: {path} (check the path)")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError) as e:
         raise UserError(f"cannot read video {path}: {e} (is it a video file?)") from None
     with container:
         if not container.streams.video:
-            raise UserError(f"{path} has no video track")
+            raise UserError(f"{path} has no video track (pass a file with pictures, or leave the video out)")
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
         next_t = start or 0.0

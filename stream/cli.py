@@ -5,10 +5,14 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from fdrl.errors import UserError
+
+if TYPE_CHECKING:
+    from stream.events import Stats
 
 
 def _config(args: argparse.Namespace, extra: Sequence[str] = ()):
@@ -48,17 +52,78 @@ def _print_eval(result: dict) -> None:
     Console().print(table)
 
 
+# After a stop signal the session drains within SessionOptions.drain_s, but a compute batch already
+# running cannot be interrupted, and the interpreter waits for its thread at exit. Past this, the
+# process just ends (see _Watchdog).
+EXIT_DEADLINE_S = 1.85
+
+
 def _session(args: argparse.Namespace, cfg, source, live: bool) -> int:
+    """Run a session; the first SIGINT or SIGTERM stops it cleanly (see stream/session.py), a second kills it.
+
+    A stopped session ends the process with status 128 + the signal number (130 after Ctrl-C, 143
+    after SIGTERM), the shell's convention for "ended by a signal", once its files are closed and its
+    Stats printed; it does not return to the caller.
+    """
     import asyncio
 
-    from stream.session import SessionOptions, run_session
+    from stream.session import SessionOptions
     from stream.ui import format_stats
-    options = SessionOptions(live=live, jsonl=args.jsonl, record=getattr(args, "record", None), plot=args.plot,
+    options = SessionOptions(live=live, jsonl=args.jsonl, record=args.record, plot=args.plot,
                              checkpoint=args.checkpoint, face=not args.no_video)
-    stats = asyncio.run(run_session(cfg, source, options))
+    watchdog = _Watchdog(EXIT_DEADLINE_S)
+    try:
+        stats, signum = asyncio.run(_stoppable(cfg, source, options, watchdog))
+    finally:
+        watchdog.disarm()
     if stats is not None and sys.stdout.isatty():  # the plain view already ends with this line
         print(format_stats(stats), file=sys.stderr)
-    return 0
+    if signum is None:
+        return 0
+    if stats is None:
+        print(f"fdrl: stopped with segments still unlabelled after {options.drain_s:.1f} s: no final stats",
+              file=sys.stderr)
+    # Everything is closed and flushed: skip the interpreter's teardown (libtorch's destructors
+    # alone take half a second), so the process ends well within 2 s of the signal.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(128 + signum)
+
+
+async def _stoppable(cfg, source, options, watchdog: _Watchdog) -> tuple[Stats | None, int | None]:
+    """The session, stopped by the first SIGINT/SIGTERM; returns its final Stats and that signal (or None)."""
+    import asyncio
+
+    from stream.session import run_session, stop_on_signals
+    stop = asyncio.Event()
+    with stop_on_signals(stop, on_signal=watchdog.arm) as received:
+        stats = await run_session(cfg, source, options, stop=stop)
+    return stats, received[0] if received else None
+
+
+class _Watchdog:
+    """Ends the process `seconds` after a stop signal if it is still running then.
+
+    Nothing is corrupted by it: the recording and JSONL are valid at every moment (stream/record.py),
+    and by then the session has normally closed them; what is lost is a compute batch still running.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._timer: threading.Timer | None = None
+
+    def arm(self, signum: int) -> None:
+        self._timer = threading.Timer(self.seconds, self._fire, (signum,))
+        self._timer.daemon = True
+        self._timer.start()
+
+    def disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def _fire(self, signum: int) -> None:
+        os.write(2, b"fdrl: shutdown took too long: exiting now\n")  # not print: the main thread may hold its lock
+        os._exit(128 + signum)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -71,6 +136,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
         audio, video = session.audio, video or session.video
     # A video file's own pictures are used unless --video names others or --no-video is given.
     source = FileSource(audio, None if args.no_video else (video or audio), pace=args.pace)
+    if args.video and not args.no_video and not source.has_video:
+        raise UserError(f"{args.video} has no video track (pass a video file to --video)")
     if not source.has_audio:
         print(f"fdrl: warning: {audio} has no audio track: only face labels will be shown", file=sys.stderr)
     return _session(args, cfg, source, live=args.pace == "realtime")
@@ -129,15 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--plot", type=Path, help="draw the session's emotion timeline to a PNG at the end")
         p.add_argument("--checkpoint", type=Path, help="default: paths.checkpoint in config.toml")
         p.add_argument("--no-video", action="store_true", help="audio only: no camera / ignore the video track")
+        p.add_argument("--record", type=Path, help="record the session (audio.wav, video.mp4, events.jsonl) to a new folder")
 
-    p = sub.add_parser("live", help="recognize emotions from the microphone (and webcam) live")
+    stopping = ("Ctrl-C or SIGTERM ends the session cleanly within 2 s: what was said is labelled, the files are "
+                "closed, the final stats printed, and the exit status is 130 (SIGINT) or 143 (SIGTERM). "
+                "A second Ctrl-C ends it at once.")
+    p = sub.add_parser("live", help="recognize emotions from the microphone (and webcam) live", description=stopping)
     p.add_argument("--device", help="input device index or name (see `fdrl devices`; default: the system default)")
     p.add_argument("--camera", type=int, default=0, help="camera index (default 0)")
-    p.add_argument("--record", type=Path, help="record the session (audio.wav, video.mp4, events.jsonl) to this folder")
     session_flags(p)
     p.set_defaults(func=cmd_live)
 
-    p = sub.add_parser("replay", help="run a recorded session or an audio/video file through the pipeline")
+    p = sub.add_parser("replay", help="run a recorded session or an audio/video file through the pipeline",
+                       description=stopping)
     p.add_argument("path", type=Path, help="an audio or video file, or a folder written by `fdrl live --record`")
     p.add_argument("--video", type=Path, help="a separate video file to pair with the audio")
     p.add_argument("--pace", choices=("realtime", "fast"), default="fast",
@@ -151,8 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    # torch's idle OpenMP threads otherwise spin against OpenCV's on small machines (slow face frames).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from stream import process
+    process.configure(reexec=argv is None)  # re-execute only as the `fdrl` command, not inside a caller
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -47,6 +47,24 @@ class SpeechStarted(_JsonEvent):
 
 
 @dataclass(frozen=True)
+class SpeechDiscarded(_JsonEvent):
+    """A segment closed without becoming an utterance, so the speech a `SpeechStarted` opened ends here.
+
+    `reason` is "too_short" (the VAD heard less than `vad.min_utterance_ms` of voice: a click, a
+    cough; `index` is None) or "no_speech" (Whisper heard no words; `index` names the segment whose
+    provisional `Utterance` is thereby withdrawn). Every `SpeechStarted` is closed by exactly one
+    final `Utterance`, `Error` or `SpeechDiscarded`.
+    """
+
+    type: ClassVar[str] = "speech_discarded"
+    stream: str
+    start: float
+    end: float
+    reason: str
+    index: int | None = None
+
+
+@dataclass(frozen=True)
 class Utterance(_JsonEvent):
     """A labelled speech segment.
 
@@ -92,11 +110,13 @@ class Stats(_JsonEvent):
     utterances: int
     errors: int
     no_speech: int                        # segments Whisper's no-speech gate rejected (noise, coughs)
-    audio_dropped_s: float
+    audio_dropped_s: float                # audio lost before the pipeline (a live source outrun), seconds
     frames_dropped: int
     queue_depths: dict[str, int]
     compute_ratio: float
     overflows: int
+    discarded: int = 0                    # segments the VAD opened but found too short (SpeechStarted count
+                                          # = segments_closed + discarded)
 
 
 @dataclass(frozen=True)
@@ -122,9 +142,23 @@ class Error(_JsonEvent):
     segment: tuple[float, float] | None = None
 
 
-Event = Union[SpeechStarted, Utterance, FaceUpdate, Stats, Level, Error]
+@dataclass(frozen=True)
+class Fallback(_JsonEvent):
+    """The pipeline lost a resource and carried on without it, e.g. stage "device" (CUDA missing or
+    out of memory: now on the CPU) or "camera" (the camera stopped: now audio only). Sent once per
+    stream and fallback; nothing was lost with it."""
 
-EVENT_TYPES: dict[str, type] = {cls.type: cls for cls in (SpeechStarted, Utterance, FaceUpdate, Stats, Level, Error)}
+    type: ClassVar[str] = "fallback"
+    stream: str
+    time: float
+    message: str
+    stage: str
+
+
+Event = Union[SpeechStarted, SpeechDiscarded, Utterance, FaceUpdate, Stats, Level, Error, Fallback]
+
+EVENT_TYPES: dict[str, type] = {cls.type: cls for cls in (SpeechStarted, SpeechDiscarded, Utterance, FaceUpdate, Stats,
+                                                           Level, Error, Fallback)}
 
 # Fields stored as tuples in the event but as lists in JSON.
 _TUPLE_FIELDS = {"modalities", "box", "segment"}

@@ -8,6 +8,10 @@ most `runtime.max_wait_ms` for company, and runs the batch on its single compute
 2. Whisper decoding, reusing each utterance's encoder output (no second encoder pass);
 3. one batched MiniLM call for the transcripts → FDRL on audio + text (+ face features when the
    checkpoint has a vision branch) → late fusion with the face posterior → *final* labels.
+
+A GPU that runs out of memory mid-batch is not a lost utterance: the engine moves to the CPU for
+good, notes it in `Engine.fallbacks` (the pipeline turns each note into a `Fallback` event) and
+runs the same batch again there.
 """
 from __future__ import annotations
 
@@ -56,13 +60,29 @@ class Engine:
 
     def __init__(self, cfg: Config, checkpoint: Path | None = None, device: str | None = None) -> None:
         self.cfg = cfg
-        self.device = resolve_device(device or cfg.runtime.device)
+        # Why the engine runs on a lesser device than asked, oldest first. Appended on the compute
+        # thread, read from the event loop: a list only ever appended to needs no lock.
+        self.fallbacks: list[str] = []
+        self.device = resolve_device(device or cfg.runtime.device, warn=self.fallbacks.append)
         self.features = FeatureExtractor(cfg, self.device, cache=False)
         self.ckpt = ckpt_mod.load(checkpoint or cfg.resolve(cfg.paths.checkpoint), self.features.encoder_ids, self.device)
         self.labels = list(self.ckpt.labels)
         self.stride = cfg.encoders.audio_frame_stride
+        self._load_encoders()
+
+    def _load_encoders(self) -> None:
         self.whisper = self.features.whisper
         self.text = self.features.text if "text" in self.ckpt.dims else None
+
+    def to_cpu(self, reason: str) -> None:
+        """Move every model to the CPU for the rest of the session (after the GPU ran out of memory)."""
+        self.fallbacks.append(f"{reason}: running on the CPU from now on (slower)")
+        self.device = "cpu"
+        self.ckpt.model.to("cpu")
+        self.features = FeatureExtractor(self.cfg, "cpu", cache=False)
+        self._load_encoders()  # CTranslate2 models cannot move: Whisper (and MiniLM with it) load again
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def warmup(self) -> None:
         """Run one utterance of noise end to end, so the first real one pays no lazy initialisation."""
@@ -88,7 +108,20 @@ class Engine:
         return self.labels[int(p.argmax())], {name: round(float(v), 4) for name, v in zip(self.labels, p)}
 
     def run_batch(self, batch: list[Request], publish) -> None:
-        """The three steps of the module docstring for one batch; `publish(future, result)` is thread-safe."""
+        """The three steps of the module docstring for one batch; `publish(future, result)` is thread-safe.
+
+        Out of GPU memory, the batch runs again on the CPU. Results it had already published stand:
+        a future is settled once, so the retry's copies of them are ignored.
+        """
+        try:
+            self._run_batch(batch, publish)
+        except Exception as e:
+            if self.device == "cpu" or not is_out_of_memory(e):
+                raise
+            self.to_cpu(f"the GPU ran out of memory ({type(e).__name__})")
+            self._run_batch(batch, publish)
+
+    def _run_batch(self, batch: list[Request], publish) -> None:
         t0 = time.perf_counter()
         encoded = self.encode(batch)
         t_enc = time.perf_counter() - t0
@@ -108,6 +141,8 @@ class Engine:
             try:
                 transcripts.append(self.transcribe(r.audio, window))
             except Exception as e:  # one utterance that fails to decode fails alone, not its batch-mates
+                if is_out_of_memory(e):
+                    raise  # not this utterance's fault: the whole batch goes again on the CPU
                 publish(r.final, e)
                 transcripts.append(None)
         t_asr = time.perf_counter() - t2
@@ -127,6 +162,11 @@ class Engine:
             label, scores = self.scores(p)
             timings = {"encode": t_enc, "asr": t_asr, "model": t_model, "batch": float(len(batch))}
             publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=bool(tr.text), timings=timings))
+
+
+def is_out_of_memory(e: BaseException) -> bool:
+    """torch's CUDA OOM, or CTranslate2's (a RuntimeError saying "out of memory")."""
+    return isinstance(e, torch.OutOfMemoryError) or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
 
 
 def _modalities(s: Sample) -> tuple[str, ...]:

@@ -8,6 +8,11 @@ FDRL on the shared `InferenceWorker` thread, face analysis on a face thread. Eve
 bounded, so a slow consumer slows the source (replay) instead of growing memory; live sources drop
 instead (oldest video frames first, audio counted). Cancelling the consumer cancels every stage.
 
+Faults end one item, not the stream: a segment whose inference fails becomes an `Error` event; a
+GPU that runs out of memory or a camera that stops becomes a `Fallback` event and the stream goes
+on without it. Audio a live source dropped is counted and stands in as silence, so stream times
+stay true (and match the recording, which fills the same gaps with silence).
+
 Usage:
 
     async with Recognizer(cfg) as recognizer:
@@ -28,16 +33,19 @@ from typing import AsyncIterable, AsyncIterator
 
 import numpy as np
 
+from fdrl.audio import SAMPLE_RATE
 from fdrl.config import Config
 from fdrl.labels import CANONICAL
-from stream.events import Error, Event, FaceUpdate, Level, SpeechStarted, Stats, Utterance
+from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
+from stream.events import Error, Event, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats, Utterance
 from stream.inference import Engine, InferenceWorker, Request, Result
-from stream.sources import AudioChunk, VideoFrame
-from fdrl.vad import Segment, Segmenter, SegmentStart, VadOptions, level_db
+from stream.sources import AudioChunk, SourceLost, VideoFrame
 
 _END = object()  # end-of-stream marker on the internal queues
 LEVEL_EVERY_S = 0.1
 STATS_EVERY_S = 2.0
+GAP_SAMPLES = SAMPLE_RATE // 1000  # audio chunks further apart than this (1 ms) lost audio in between
+EPSILON_S = 1e-6                   # rate limits compare times with this slack: 0.6 + 0.2 > 0.8 in floats
 
 
 @dataclass
@@ -48,7 +56,9 @@ class Counters:
     utterances: int = 0
     errors: int = 0
     no_speech: int = 0
+    discarded: int = 0                     # opened by the VAD, then too short to close as a segment
     frames_dropped: int = 0
+    audio_gaps_s: float = 0.0              # audio missing between chunks: dropped before it reached us
     audio_s: float = 0.0
     compute_s: float = 0.0
 
@@ -79,6 +89,12 @@ class FaceTrack:
     def span(self, start: float, end: float) -> list:
         lo, hi = bisect.bisect_left(self.times, start), bisect.bisect_right(self.times, end)
         return [r for r in self.results[lo:hi] if r is not None]
+
+    def forget_before(self, t: float) -> None:
+        """Drop results older than `t`, which no segment will ask for: a long session keeps only recent faces."""
+        k = bisect.bisect_left(self.times, t)
+        if k:
+            del self.times[:k], self.results[:k]
 
 
 @dataclass
@@ -126,15 +142,17 @@ class Recognizer:
         self._face_executor.shutdown(wait=True, cancel_futures=True)
 
     async def run(self, source: AsyncIterable[AudioChunk | VideoFrame], stream: str = "0",
-                  live: bool = False) -> AsyncIterator[Event]:
+                  live: bool = False, counters: object | None = None) -> AsyncIterator[Event]:
         """Events for one source, in order. `live=True` measures end-of-speech latency against the wall clock
-        and waits for no face results; replay (`live=False`) is deterministic."""
+        and waits for no face results; replay (`live=False`) is deterministic. Stats report the drop
+        counters (`dropped_s`, `dropped`, `overflows`) of `counters`, by default `source` itself: pass
+        the device source when `source` wraps it."""
         if self.worker is None:
             raise RuntimeError("use `async with Recognizer(cfg) as r:` before r.run()")
         run = _Run(self, stream, live)
         self._runs.add(run)
         try:
-            async with contextlib.aclosing(run.events(source)) as events:
+            async with contextlib.aclosing(run.events(source, counters)) as events:
                 async for event in events:
                     yield event
         finally:
@@ -157,15 +175,21 @@ class _Run:
         self.source_stats = None
         self.vad_options = VadOptions.from_config(self.cfg.vad)
         self.vad_tail_s = self.vad_options.tail_ms / 1000
+        # What the face track must keep: the segment being spoken (from `open_start`) and those closed
+        # whose faces are not gathered yet (`gathering`, their starts) still ask for their faces.
+        self.open_start: float | None = None
+        self.gathering: list[float] = []
+        self.fallbacks_sent = 0            # how many of the engine's fallbacks this stream has announced
         self.items: AsyncIterator | None = None
         self.tasks: list[asyncio.Task] = []
+        self.source_error: Exception | None = None  # the source failed: the run ends with it once drained
         self._stop_lock = asyncio.Lock()  # the consumer's close and the recognizer's exit may both stop a run
 
-    async def events(self, source) -> AsyncIterator[Event]:
-        self.source_stats = source
+    async def events(self, source, counters: object | None = None) -> AsyncIterator[Event]:
+        self.source_stats = source if counters is None else counters
         self.items = aiter(source)
         self.tasks = [asyncio.create_task(coro) for coro in (self.demux(self.items), self.vad(), self.face(), self.emit())]
-        failure = asyncio.get_running_loop().create_future()  # the first stage to raise ends the run with its error
+        failure = asyncio.get_running_loop().create_future()  # the first stage to crash ends the run with its error
         for t in self.tasks:
             t.add_done_callback(lambda t: failure.done() or t.cancelled() or t.exception() is None
                                 or failure.set_exception(t.exception()))
@@ -173,11 +197,13 @@ class _Run:
             while True:
                 getter = asyncio.ensure_future(self.out.get())
                 await asyncio.wait({getter, failure}, return_when=asyncio.FIRST_COMPLETED)
-                if not getter.done():  # a stage failed and nothing is left to deliver
+                if not getter.done():  # a stage crashed and nothing is left to deliver
                     getter.cancel()
                     raise failure.exception()
                 event = getter.result()
                 if event is _END:
+                    if self.source_error is not None:  # what the source gave is finished: now its error
+                        raise self.source_error
                     break
                 yield event
         finally:
@@ -209,14 +235,18 @@ class _Run:
                     if watermarks:
                         await self.video_q.put(float(item.t))
                     await self.audio_q.put(item)
+                elif isinstance(item, SourceLost):  # e.g. the camera stopped: the source goes on without it
+                    await self.put(Fallback(self.stream, round(item.t, 3), item.message, item.source))
                 elif self.rec._face_model is not None:
                     if self.live and self.video_q.full():  # live: the oldest frame goes first
                         self.video_q.get_nowait()
                         self.counters.frames_dropped += 1
                     await self.video_q.put(item)
-        except Exception:
-            await self.end_inputs()
-            raise  # events() re-raises it once the other stages have finished what was read
+        except Exception as e:
+            # A source that fails ends the stream like one that ends: the segments read so far are
+            # finished and delivered, then events() raises this at the end marker (deterministic,
+            # where re-raising here would race the other stages to the end).
+            self.source_error = e
         # No `finally`: when cancelled, the other stages are cancelled too, and waiting to put an
         # end marker into a full queue that nobody reads any more would hang the cancellation.
         await self.end_inputs()
@@ -229,11 +259,23 @@ class _Run:
         segmenter = Segmenter(self.vad_options)
         index = 0
         next_level = 0.0
+        fed = 0  # samples fed to the segmenter: its clock, kept equal to stream time
         while (chunk := await self.audio_q.get()) is not _END:
+            # Audio missing before this chunk is fed as silence, like the recording stores it.
+            # Only gaps after the first chunk are drops; before it, the source started late.
+            gap = round(chunk.t * SAMPLE_RATE) - fed
+            events = []
+            if gap > GAP_SAMPLES:
+                if fed:
+                    self.counters.audio_gaps_s += gap / SAMPLE_RATE
+                for n in range(gap, 0, -SAMPLE_RATE):  # a second at a time: a long gap costs no big array
+                    events += segmenter.feed(np.zeros(min(n, SAMPLE_RATE), np.float32))
+                fed += gap
+            fed += len(chunk.samples)
             self.stream_t = chunk.t + chunk.duration
             self.counters.audio_s += chunk.duration
-            events = list(segmenter.feed(chunk.samples))
-            if chunk.t >= next_level:
+            events += segmenter.feed(chunk.samples)
+            if chunk.t >= next_level - EPSILON_S:
                 next_level = chunk.t + LEVEL_EVERY_S
                 await self.put(Level(self.stream, chunk.t, level_db(chunk.samples), segmenter.speaking))
             for ev in events:
@@ -244,19 +286,36 @@ class _Run:
 
     async def on_segment_event(self, ev, index: int) -> int:
         if isinstance(ev, SegmentStart):
+            self.open_start = ev.start
             await self.put(SpeechStarted(self.stream, round(ev.start, 3)))
         elif isinstance(ev, Segment):
+            self.open_start = None
+            self.gathering.append(ev.start)
             self.counters.segments_closed += 1
             request = asyncio.create_task(self.submit(ev))
             await self.jobs.put(_Job(index, ev, time.perf_counter(), request))
             return index + 1
-        return index  # SegmentDiscarded: too short to be an utterance; the UI just sees speech stop
+        elif isinstance(ev, SegmentDiscarded):  # too short to be an utterance: the speech it opened ends here
+            self.open_start = None
+            self.counters.discarded += 1
+            await self.put(SpeechDiscarded(self.stream, round(ev.start, 3), round(ev.end, 3), "too_short"))
+        return index
+
+    def face_horizon(self) -> float:
+        """Stream time before which no segment, open, queued or yet to come, needs face results."""
+        if self.gathering:
+            return min(self.gathering)
+        if self.open_start is not None:
+            return self.open_start
+        # Idle: a new segment opens at most a trigger window plus a pre-roll back (and a margin).
+        return self.stream_t - 2 * self.vad_options.preroll_ms / 1000 - 1.0
 
     async def submit(self, seg: Segment) -> Request:
         """Gather the face features of the segment's span (waiting for the face stage in replay) and queue it."""
         if not self.live:
             await self.faces.wait_until(seg.end)
         faces = self.faces.span(seg.start, seg.end)
+        self.gathering.remove(seg.start)  # the request holds what it needs: the track may forget them
         vision = np.stack([f.features for f in faces]) if faces else None
         posterior = np.mean([f.posterior for f in faces], axis=0) if faces else None
         return await self.rec.worker.submit(Request(seg.audio, vision, posterior))
@@ -272,11 +331,12 @@ class _Run:
             if isinstance(frame, float):  # demux's audio time: no earlier frame is still to come
                 self.faces.advance(frame)
                 continue
-            if frame.t < next_t:
+            if frame.t < next_t - EPSILON_S:
                 self.faces.advance(frame.t)
                 continue
             next_t = frame.t + period
             result = await loop.run_in_executor(self.rec._face_executor, model.analyze, frame.image)
+            self.faces.forget_before(self.face_horizon())
             self.faces.add(frame.t, result)
             scores = _canonical_scores(result.posterior) if result is not None else None
             label = max(scores, key=scores.get) if scores else None
@@ -285,13 +345,23 @@ class _Run:
 
     async def emit(self) -> None:
         next_stats = STATS_EVERY_S
+        await self.announce()
         while (job := await self.jobs.get()) is not _END:
             await self.finish(job)
+            await self.announce()
             if self.stream_t >= next_stats:
                 next_stats = self.stream_t + STATS_EVERY_S
                 await self.put(self.stats())
+        await self.announce()
         await self.put(self.stats())
         await self.out.put(_END)
+
+    async def announce(self) -> None:
+        """One `Fallback` event per engine fallback (CUDA missing, out of GPU memory) this stream was not told of."""
+        notes = self.rec.engine.fallbacks  # type: ignore[union-attr]
+        while self.fallbacks_sent < len(notes):
+            await self.put(Fallback(self.stream, round(self.stream_t, 3), notes[self.fallbacks_sent], "device"))
+            self.fallbacks_sent += 1
 
     async def finish(self, job: _Job) -> None:
         """Provisional then final label for one segment; any failure becomes one Error event."""
@@ -299,7 +369,7 @@ class _Run:
         try:
             request = await job.request
             provisional: Result = await request.provisional
-            await self.put(self.utterance(job, provisional, final=False))
+            await self.put(self.utterance(job, request, provisional, final=False))
             final: Result = await request.final
         except asyncio.CancelledError:
             raise
@@ -310,38 +380,41 @@ class _Run:
             return
         # This utterance's share of the worker's compute (its batch's time split evenly).
         self.counters.compute_s += sum(final.timings.get(k, 0.0) for k in ("encode", "asr", "model")) / final.timings.get("batch", 1.0)
-        if not final.speech:
-            self.counters.no_speech += 1  # Whisper heard no words: noise, a cough, a door
+        if not final.speech:  # Whisper heard no words (noise, a cough, a door): withdraw the provisional label
+            self.counters.no_speech += 1
+            await self.put(SpeechDiscarded(self.stream, round(seg.start, 3), round(seg.end, 3), "no_speech", job.index))
             return
         self.counters.utterances += 1
-        await self.put(self.utterance(job, final, final=True, queue_s=request.queue_s))
+        await self.put(self.utterance(job, request, final, final=True))
 
     # -- helpers ---------------------------------------------------------------------------------
 
-    def utterance(self, job: _Job, r: Result, final: bool, queue_s: float = 0.0) -> Utterance:
+    def utterance(self, job: _Job, request: Request, r: Result, final: bool) -> Utterance:
         now = time.perf_counter()
         timings = {k: round(v, 4) for k, v in r.timings.items()}
-        timings["queue"] = round(queue_s, 4)
+        timings["queue"] = round(request.queue_s if final else 0.0, 4)
         timings["compute"] = round(now - job.closed_at, 4)  # segment closed → label
         if self.live and self.wall0 is not None:
             end_of_speech = job.segment.end - self.vad_tail_s  # segments end with a short silent tail
             timings["end_to_label"] = round(now - (self.wall0 + end_of_speech), 4)
-        face_label = None
-        faces = self.faces.span(job.segment.start, job.segment.end)
-        if faces:
-            mean = np.mean([f.posterior for f in faces], axis=0)
-            face_label = CANONICAL[int(np.argmax(mean))]
+        # The mean face posterior the request was fused with (the face track may have forgotten them since).
+        face = request.face_posterior
+        face_label = CANONICAL[int(np.argmax(face))] if face is not None else None
         return Utterance(self.stream, job.index, round(job.segment.start, 3), round(job.segment.end, 3), r.text,
                          r.label, r.scores, final, r.modalities, timings, face_label)
 
     def stats(self) -> Stats:
         c = self.counters
         src = self.source_stats
+        # A source that counts its drops knows of some the stream cannot see yet (no chunk after them);
+        # the gaps see drops through wrappers that hide the source's counters. Both undercount, never over.
+        dropped_s = max(float(getattr(src, "dropped_s", 0.0)), c.audio_gaps_s)
         return Stats(self.stream, round(self.stream_t, 3), c.segments_closed, c.utterances, c.errors, c.no_speech,
-                     float(getattr(src, "dropped_s", 0.0)), c.frames_dropped + int(getattr(src, "dropped", 0)),
+                     round(dropped_s, 3), c.frames_dropped + int(getattr(src, "dropped", 0)),
                      {"audio": self.audio_q.qsize(), "video": self.video_q.qsize(), "jobs": self.jobs.qsize(),
                       "inference": self.rec.worker.queue_depth(), "events": self.out.qsize()},
-                     round(c.compute_s / c.audio_s, 4) if c.audio_s else 0.0, int(getattr(src, "overflows", 0)))
+                     round(c.compute_s / c.audio_s, 4) if c.audio_s else 0.0, int(getattr(src, "overflows", 0)),
+                     c.discarded)
 
     async def put(self, event: Event) -> None:
         await self.out.put(event)

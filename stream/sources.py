@@ -5,7 +5,8 @@ items, each stamped `t` = seconds since the start of the stream. Audio times com
 counts and file video times from container timestamps, never from the wall clock, so a file gives
 the same items on every run. Blocking work (decoding, PortAudio callbacks, `VideoCapture.read`)
 lives on its own thread and reaches the event loop through a bounded hand-off; cancelling the
-consumer stops that thread and releases the file or device.
+consumer stops that thread and releases the file or device. A live device that stops mid-stream
+ends its iteration with a `SourceLost` item, so whoever merges it with others can carry on.
 """
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import heapq
 import math
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from typing import Any, Literal, TypeVar, Union
 import av
 import numpy as np
 
-from fdrl.audio import SAMPLE_RATE, Resampler, to_mono
+from fdrl.audio import SAMPLE_RATE, Resampler, check_finite, to_mono
 from fdrl.errors import UserError
 from fdrl.video import read_frames
 
@@ -48,7 +50,20 @@ class VideoFrame:
     image: np.ndarray     # BGR uint8, height x width x 3
 
 
-Item = Union[AudioChunk, VideoFrame]
+@dataclass(frozen=True)
+class SourceLost:
+    """The last item of a live source whose device stopped mid-stream (`source`, e.g. "camera").
+
+    Not an error: the session carries on with its other sources, and the pipeline tells the user
+    with a `Fallback` event carrying `message`.
+    """
+
+    t: float
+    source: str
+    message: str
+
+
+Item = Union[AudioChunk, VideoFrame, SourceLost]
 
 
 # -- audio conversion ------------------------------------------------------------------------------
@@ -85,26 +100,51 @@ class ChunkClock:
 
 
 class DropOldestQueue:
-    """A bounded queue of audio chunks that keeps the newest: a full queue drops its oldest chunk.
+    """A bounded hand-off of audio chunks that keeps the newest: a full queue drops its oldest chunk.
 
     A live microphone cannot wait for a slow consumer, and recent audio matters more than old.
-    Dropped audio is counted in `dropped_s`. Use from the event loop thread only.
+    Dropped audio is counted in `dropped_s`. `put` may be called from any thread (PortAudio's):
+    the chunks wait here, not in the event loop's callback queue, so even a loop that is blocked
+    (a stalled terminal, a slow disk) holds at most `maxsize` of them. Create and `get` on the loop.
     """
 
     def __init__(self, maxsize: int) -> None:
-        self._queue: asyncio.Queue[AudioChunk] = asyncio.Queue(maxsize)
+        self.maxsize = maxsize
         self.dropped_s = 0.0
+        self._items: deque[AudioChunk] = deque()
+        self._lock = threading.Lock()
+        self._loop = asyncio.get_running_loop()
+        self._ready = asyncio.Event()
+        self._wake_pending = False  # one wake-up in the loop's queue at a time, however many puts
 
     def put(self, chunk: AudioChunk) -> None:
-        if self._queue.full():
-            self.dropped_s += self._queue.get_nowait().duration
-        self._queue.put_nowait(chunk)
+        with self._lock:
+            if len(self._items) >= self.maxsize:
+                self.dropped_s += self._items.popleft().duration
+            self._items.append(chunk)
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+        try:
+            self._loop.call_soon_threadsafe(self._wake)
+        except RuntimeError:  # the loop closed: nobody is listening any more
+            pass
+
+    def _wake(self) -> None:
+        with self._lock:
+            self._wake_pending = False
+        self._ready.set()
 
     async def get(self) -> AudioChunk:
-        return await self._queue.get()
+        while True:
+            with self._lock:
+                if self._items:
+                    return self._items.popleft()
+                self._ready.clear()  # under the lock: a put after this schedules a wake-up that sets it
+            await self._ready.wait()
 
     def qsize(self) -> int:
-        return self._queue.qsize()
+        return len(self._items)
 
 
 # -- running blocking code off the event loop ------------------------------------------------------
@@ -166,22 +206,42 @@ async def _threaded(produce: Callable[[threading.Event], Iterator[T]], maxsize: 
 # -- files -----------------------------------------------------------------------------------------
 
 
+_FIX = "convert it to WAV or FLAC, or pass another file"
+
+
 def _probe(path: Path) -> tuple[bool, bool]:
-    """(has audio, has video) for a media file; UserError if it is missing or not media."""
+    """(has audio, has video) for a media file; UserError if it is missing, not media, or its only track is unusable."""
     if not path.is_file():
         raise UserError(f"file not found: {path}")
     try:
         with av.open(str(path)) as container:
-            return bool(container.streams.audio), bool(container.streams.video)
+            audio = [s for s in container.streams.audio if _decodable(s)]
+            if container.streams.audio and not audio and not container.streams.video:
+                raise UserError(f"audio in {path} is corrupt, empty or in an unknown codec "
+                                f"({_describe(container.streams.audio[0])}; {_FIX})")
+            return bool(audio), bool(container.streams.video)
     except (av.error.FFmpegError, OSError) as e:
         raise UserError(f"cannot read {path}: {e} (is it an audio or video file?)") from None
+
+
+def _decodable(stream: av.audio.stream.AudioStream) -> bool:
+    """FFmpeg also lists audio it cannot decode: an unknown codec (no codec context), or an empty
+    or damaged header (0 Hz, 0 channels, as an empty .flac opens). Such a stream yields no samples."""
+    ctx = stream.codec_context
+    return ctx is not None and ctx.sample_rate > 0 and ctx.channels > 0
+
+
+def _describe(stream: av.audio.stream.AudioStream) -> str:
+    ctx = stream.codec_context
+    return "no decoder for it" if ctx is None else f"{ctx.sample_rate} Hz, {ctx.channels} channels"
 
 
 def decode_audio_chunks(path: Path, chunk_samples: int, stop: threading.Event | None = None) -> Iterator[AudioChunk]:
     """Stream `path`'s first audio track as 16 kHz mono chunks of `chunk_samples` (the last may be shorter).
 
     Unlike `fdrl.audio.decode_audio` this never holds the whole file, so an hour-long recording
-    starts at once and uses constant memory.
+    starts at once and uses constant memory. It fails the same way: UserError for a file that is
+    corrupt, holds no samples, or holds NaN or infinite ones (they would reach every score).
     """
     try:
         container = av.open(str(path))
@@ -214,12 +274,15 @@ def decode_audio_chunks(path: Path, chunk_samples: int, stop: threading.Event | 
             if stop is not None and stop.is_set():
                 return
             samples = out.to_ndarray().mean(axis=0, dtype=np.float32)
+            check_finite(samples, path)
             pending.append(samples)
             buffered += samples.size
             while buffered >= chunk_samples:
                 yield take(chunk_samples)
         if buffered:
             yield take(buffered)
+        elif not emitted:
+            raise UserError(f"{path} contains no audio samples (the file is empty or truncated; {_FIX})")
 
 
 def _video_frames(path: Path, rate_hz: float) -> Iterator[VideoFrame]:
@@ -320,8 +383,8 @@ def _input_device(sd: Any, device: int | str | None) -> dict[str, Any]:
 class MicrophoneSource:
     """Live audio from a sounddevice input stream, as 16 kHz mono chunks timed by sample count.
 
-    The PortAudio callback only converts the block and hands it to the event loop; a bounded queue
-    that drops its oldest chunk protects the callback from a slow consumer (`dropped_s`), and
+    The PortAudio callback only converts the block and leaves it in a bounded queue that drops its
+    oldest chunk, which protects the callback from a slow consumer or a blocked loop (`dropped_s`), and
     device overruns reported by PortAudio are counted in `overflows`. Times start at 0 when the
     stream starts, or at `started_at - epoch` when an `epoch` (a `time.monotonic()` value shared with
     other live sources) is given. `stream_factory(device=, samplerate=, channels=, blocksize=,
@@ -363,22 +426,16 @@ class MicrophoneSource:
         return self._queue.qsize() if self._queue is not None else 0
 
     async def _chunks(self) -> AsyncIterator[AudioChunk]:
-        loop = asyncio.get_running_loop()
         queue = self._queue = DropOldestQueue(self.queue_size)
         self.started_at = time.monotonic()
         clock = ChunkClock(self.sample_rate, t0=0.0 if self.epoch is None else self.started_at - self.epoch)
 
-        def deliver(chunk: AudioChunk | None, overflow: bool) -> None:  # on the event loop
-            self.overflows += overflow
-            if chunk is not None:
-                queue.put(chunk)
-
         def callback(indata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
             # PortAudio's thread: convert now (indata is reused after we return), then hand over.
-            try:
-                loop.call_soon_threadsafe(deliver, clock(indata), bool(status))
-            except RuntimeError:  # the loop closed while the stream was stopping
-                pass
+            self.overflows += bool(status)  # this thread is the only writer
+            chunk = clock(indata)
+            if chunk is not None:
+                queue.put(chunk)
 
         stream = None
         try:
@@ -415,7 +472,8 @@ class CameraSource:
     A thread reads the camera continuously (so OpenCV's internal buffer never serves stale frames)
     and leaves each kept frame in a one-slot mailbox; a frame the consumer had not taken yet is
     overwritten and counted in `dropped`. After `max_failures` failed reads in a row the camera is
-    taken as lost: iteration ends and `lost` is set, so the pipeline can carry on with audio only.
+    taken as lost: `lost` is set and iteration ends with a `SourceLost` item, so the pipeline can
+    carry on with audio only and say so.
     The camera opens when iteration starts; a camera that cannot open raises UserError there.
     Times are `time.monotonic()` seconds since `epoch` (default: when iteration starts).
     """
@@ -484,11 +542,13 @@ class CameraSource:
                     # Stay on the fps grid, but never try to catch up a burst after a stall.
                     next_t = next_t + period if t < next_t + period else t + period
                     with lock:
+                        fresh = not mailbox  # else the wake-up for the frame it replaces is still due
                         if mailbox:
                             self.dropped += 1
                             mailbox.clear()
                         mailbox.append(VideoFrame(t, image))
-                    notify(wake.set)
+                    if fresh:
+                        notify(wake.set)
             finally:
                 if capture is not None:
                     capture.release()
@@ -509,6 +569,9 @@ class CameraSource:
                 if frame is not None:
                     yield frame
                 elif ended.is_set():
+                    if self.lost:
+                        yield SourceLost(time.monotonic() - epoch, "camera",
+                                         f"camera {self.index} stopped sending frames: carrying on with audio only")
                     return
                 else:
                     await wake.wait()
@@ -539,8 +602,8 @@ class ChunkSource:
     `audio` yields numpy blocks at `sample_rate`, mono (frames,) or (frames, channels), of any
     length; they become 16 kHz mono `AudioChunk`s timed by sample count. `video` yields
     `VideoFrame`s, `(t, image)` pairs, or bare BGR images (timed on arrival, in monotonic seconds
-    since iteration started). Either iterator may be sync or async; items come out in the order
-    the two produce them.
+    since iteration started), and may end with a `SourceLost` to say the camera went away. Either
+    iterator may be sync or async; items come out in the order the two produce them.
     """
 
     def __init__(self, audio: AsyncIterable[np.ndarray] | Iterable[np.ndarray] | None = None,
@@ -566,7 +629,7 @@ class ChunkSource:
 
         async def pump_video(frames: AsyncIterable[Any] | Iterable[Any]) -> None:
             async for frame in _as_async(frames):
-                if isinstance(frame, VideoFrame):
+                if isinstance(frame, (VideoFrame, SourceLost)):
                     await queue.put(frame)
                 elif isinstance(frame, tuple):
                     await queue.put(VideoFrame(float(frame[0]), frame[1]))

@@ -4,6 +4,10 @@ The view is split in two on purpose. `ViewState` is plain data that `apply(event
 O(1), so the consumer of the pipeline's events never waits on drawing. `render()` turns a state
 into Rich renderables and is called by a separate timer at a few Hz, so a burst of events costs
 one redraw, and a slow terminal slows the redraw, never the pipeline.
+
+Terminal writes happen on a worker thread: a terminal or pipe that stops reading blocks that
+thread, never the event loop, so live sources keep running (and drop, counted) instead of piling
+up callbacks behind a blocked loop.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from rich.text import Text
 
 from fdrl.errors import UserError
 from fdrl.labels import CANONICAL
-from stream.events import Error, Event, FaceUpdate, Level, SpeechStarted, Stats, Utterance
+from stream.events import Error, Event, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats, Utterance
 
 # One colour per canonical label, as hex so matplotlib (stream/plot.py) can use the same map.
 LABEL_COLOURS: dict[str, str] = {
@@ -82,6 +86,8 @@ class ViewState:
     stats: Stats | None = None
     errors: deque[Error] = field(default_factory=lambda: deque(maxlen=3))
     error_count: int = 0
+    fallbacks: deque[Fallback] = field(default_factory=lambda: deque(maxlen=3))
+    camera_lost: bool = False
     time: float = 0.0                              # latest stream time seen
 
     def apply(self, event: Event) -> None:
@@ -91,6 +97,11 @@ class ViewState:
             self.time = max(self.time, event.time)
         elif isinstance(event, SpeechStarted):
             self.speaking = True
+        elif isinstance(event, SpeechDiscarded):
+            if event.index is None:  # the VAD closed it at once; a "no_speech" one comes later, mid-speech maybe
+                self.speaking = False
+            else:
+                self._withdraw((event.stream, event.index))
         elif isinstance(event, Utterance):
             self._apply_utterance(event)
         elif isinstance(event, FaceUpdate):
@@ -102,6 +113,21 @@ class ViewState:
         elif isinstance(event, Error):
             self.errors.append(event)
             self.error_count += 1
+        elif isinstance(event, Fallback):
+            self.fallbacks.append(event)
+            if event.stage == "device":  # the only device fallback is to the CPU
+                self.device = "cpu"
+            elif event.stage == "camera":
+                self.camera_lost = True
+
+    def _withdraw(self, key: tuple[str, int]) -> None:
+        """A segment turned out not to be speech: its provisional line goes, and the headline with it."""
+        self.transcript.pop(key, None)
+        if self.current == key:
+            newest = max(self.transcript.items(), key=lambda kv: kv[1].start, default=None)
+            self.current = newest[0] if newest else None
+            self.label = newest[1].label if newest else None
+            self.scores = dict(newest[1].scores) if newest else {}
 
     def _apply_utterance(self, u: Utterance) -> None:
         key = (u.stream, u.index)
@@ -144,7 +170,7 @@ class LiveView:
         top.add_column(ratio=2)
         top.add_column(ratio=3)
         top.add_row(_input_panel(s), _emotion_panel(s))
-        return Group(top, _transcript_panel(s), _status_line(s), *_error_lines(s))
+        return Group(top, _transcript_panel(s), _status_line(s), *_fallback_lines(s), *_error_lines(s))
 
 
 def _input_panel(s: ViewState) -> Panel:
@@ -161,6 +187,8 @@ def _input_panel(s: ViewState) -> Panel:
 
 
 def _face_text(s: ViewState) -> Text:
+    if s.camera_lost:
+        return Text("camera lost", style="yellow")
     if not s.face_seen:
         return Text("no camera", style="grey62")
     if s.face_label is None:
@@ -223,6 +251,10 @@ def _status_line(s: ViewState) -> Text:
     return Text(" · ".join(parts), style="yellow" if warn else "grey62")
 
 
+def _fallback_lines(s: ViewState) -> list[Text]:
+    return [Text(f"warning at {f.time:.1f} s: {f.message}", style="yellow") for f in s.fallbacks]
+
+
 def _error_lines(s: ViewState) -> list[Text]:
     return [Text(f"error in {e.stage} at {e.time:.1f} s: {e.message}", style="red") for e in s.errors]
 
@@ -232,7 +264,8 @@ async def run_live(events: AsyncIterator[Event], console: Console, refresh_hz: f
 
     This coroutine consumes events and only updates the state; a separate task redraws at
     `refresh_hz`, skipping redraws when nothing changed. Both run on the caller's event loop, so
-    the state needs no lock, and the pipeline is never held up by the terminal.
+    the state needs no lock; the renderable is built there too, and only written out on a thread,
+    so the pipeline is never held up by the terminal.
     """
     if not 0 < refresh_hz <= 30:
         raise UserError(f"ui.refresh_hz must be in (0, 30], got {refresh_hz} (4 to 10 is a good range)")
@@ -245,7 +278,9 @@ async def run_live(events: AsyncIterator[Event], console: Console, refresh_hz: f
                 await asyncio.sleep(1.0 / refresh_hz)
                 if dirty.is_set():
                     dirty.clear()
-                    live.update(view.render(), refresh=True)
+                    # Built here (a snapshot of the state), written there: a stalled terminal only
+                    # delays the next redraw. Live's own lock orders this against the final update.
+                    await asyncio.to_thread(live.update, view.render(), refresh=True)
 
         timer = asyncio.create_task(redraw())
         try:
@@ -273,32 +308,42 @@ def format_stats(st: Stats) -> str:
 
 
 async def run_plain(events: AsyncIterator[Event], out: TextIO) -> None:
-    """One line per meaningful event, for pipes and logs: utterances, face changes, errors, final stats.
+    """One line per meaningful event, for pipes and logs: utterances, face changes, warnings, errors, final stats.
 
-    Level and SpeechStarted events are skipped (they are for the live meter); a face line is
+    Level and SpeechStarted events are skipped (they are for the live meter), and so are segments
+    the VAD discarded at once; a withdrawn provisional label gets a "no speech" line. A face line is
     written only when the face label changes; stats are written once per stream at the end.
-    Each line is flushed, so `fdrl live | tee log` shows results as they come.
+    Each line is flushed, so `fdrl live | tee log` shows results as they come. Lines are written
+    on a thread: a reader that stops reading holds up this consumer (and so the pipeline, which
+    then slows a replay or drops live input, counted), never the event loop itself.
     """
     faces: dict[str, str | None] = {}
     last_stats: dict[str, Stats] = {}
 
-    def emit(line: str) -> None:
+    def write(line: str) -> None:
         out.write(line + "\n")
         out.flush()
 
+    async def emit(line: str) -> None:
+        await asyncio.to_thread(write, line)
+
     async for event in events:
         if isinstance(event, Utterance):
-            emit(format_utterance(event))
+            await emit(format_utterance(event))
         elif isinstance(event, FaceUpdate):
             if event.stream not in faces or faces[event.stream] != event.label:
                 faces[event.stream] = event.label
-                emit(f"[{event.time:6.2f}       ] face: {event.label or 'none'}")
+                await emit(f"[{event.time:6.2f}       ] face: {event.label or 'none'}")
+        elif isinstance(event, SpeechDiscarded) and event.index is not None:
+            await emit(f"[{event.start:6.2f}-{event.end:6.2f}] no speech")
+        elif isinstance(event, Fallback):
+            await emit(f"[{event.time:6.2f}       ] warning: {event.message}")
         elif isinstance(event, Error):
-            emit(f"[{event.time:6.2f}       ] error in {event.stage}: {event.message}")
+            await emit(f"[{event.time:6.2f}       ] error in {event.stage}: {event.message}")
         elif isinstance(event, Stats):
             last_stats[event.stream] = event
     for st in last_stats.values():
-        emit(format_stats(st))
+        await emit(format_stats(st))
 
 
 def pick_view(console: Console, refresh_hz: float = 8.0, device: str = "") -> Callable[[AsyncIterator[Event]], Awaitable[None]]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from fdrl.errors import UserError
-from stream.events import (EVENT_TYPES, Error, FaceUpdate, Level, SpeechStarted, Stats, Utterance,
-                           event_from_json)
+from stream.events import (EVENT_TYPES, Error, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats,
+                           Utterance, event_from_json)
 
 EXAMPLES = [
     SpeechStarted("mic", 1.25),
@@ -22,6 +22,10 @@ EXAMPLES = [
     Level("mic", 0.03, -42.5, False),
     Error("mic", 5.0, "whisper failed", "asr", (4.0, 5.0)),
     Error("mic", 6.0, "camera lost", "camera", None),
+    SpeechDiscarded("mic", 1.25, 1.6, "too_short"),
+    SpeechDiscarded("mic", 3.0, 3.9, "no_speech", 4),
+    Stats("mic", 10.0, 4, 3, 0, 1, 0.5, 2, {"segments": 1, "inference": 0}, 0.12, 1, discarded=2),
+    Fallback("mic", 0.0, "runtime.device is 'cuda' but CUDA is not available: running on the CPU (slower)", "device"),
 ]
 
 
@@ -46,7 +50,8 @@ def test_json_shape_is_plain_and_exact():
 
 
 def test_type_names():
-    assert set(EVENT_TYPES) == {"speech_started", "utterance", "face", "stats", "level", "error"}
+    assert set(EVENT_TYPES) == {"speech_started", "speech_discarded", "utterance", "face", "stats", "level", "error",
+                                "fallback"}
 
 
 def test_numpy_values_become_python_numbers():

@@ -108,6 +108,18 @@ def test_cartoon_face_gives_posterior_and_features(analyzer: FaceAnalyzer) -> No
     np.testing.assert_array_equal(result.features[-7:], result.posterior)
 
 
+def test_detection_on_a_smaller_copy_finds_the_same_face(analyzer: FaceAnalyzer) -> None:
+    small = FaceAnalyzer(WEIGHTS, detect_width=320)
+    for scale in (0.8, 1.2):
+        gray = cv2.cvtColor(cartoon_face(scale), cv2.COLOR_BGR2GRAY)
+        (full,), (half,) = analyzer.detect(gray), small.detect(gray)
+        ix = max(0, min(full[0] + full[2], half[0] + half[2]) - max(full[0], half[0]))
+        iy = max(0, min(full[1] + full[3], half[1] + half[3]) - max(full[1], half[1]))
+        iou = ix * iy / (full[2] * full[3] + half[2] * half[3] - ix * iy)
+        assert iou > 0.8, (scale, full, half)          # boxes come back in full-frame pixels
+    assert FaceAnalyzer(WEIGHTS, min_face_px=400, detect_width=320).detect(gray) == []  # min size is in frame pixels
+
+
 def test_batch_matches_single_and_keeps_order(analyzer: FaceAnalyzer) -> None:
     face, blank = cartoon_face(), np.zeros((480, 640, 3), np.uint8)
     small = cartoon_face(scale=0.6)

@@ -15,13 +15,14 @@ import numpy as np
 import pytest
 
 from fdrl import config
-from fdrl.audio import SAMPLE_RATE, write_wav
+from fdrl.audio import SAMPLE_RATE, decode_audio, write_wav
 from fdrl.config import Config
+from fdrl.errors import UserError
 from fdrl.labels import CANONICAL
-from stream.events import Error, Event, SpeechStarted, Stats, Utterance
+from stream.events import Error, Event, Level, SpeechStarted, Stats, Utterance
 from stream.inference import Engine
 from stream.pipeline import Recognizer
-from stream.sources import FileSource
+from stream.sources import ChunkSource, FileSource
 from tests.conftest import speak
 
 # Sentences tiny.en transcribes reliably from espeak-ng, with the words that must survive.
@@ -316,3 +317,54 @@ def test_a_crashing_stage_ends_the_run_with_its_error(media, tiny_checkpoint, tm
 
     with pytest.raises(RuntimeError, match="segmenter bug"):
         run(main(), timeout=60)
+
+
+def test_a_source_that_fails_between_segments_ends_the_run_with_its_error(tiny_checkpoint, tmp_path):
+    """Nothing in flight when the source fails: what it gave is finished and delivered, then run() raises its error."""
+    cfg = make_config(tmp_path)
+
+    async def unplugged():
+        for _ in range(10):  # 1 s of silence: levels and stats, no segment
+            yield np.zeros(SAMPLE_RATE // 10, np.float32)
+        raise UserError("microphone unplugged")
+
+    async def main() -> list[Event]:
+        seen: list[Event] = []
+        async with Recognizer(cfg, tiny_checkpoint) as rec:
+            with pytest.raises(UserError, match="microphone unplugged"):
+                async for event in rec.run(ChunkSource(audio=unplugged())):
+                    seen.append(event)
+        return seen
+
+    seen = run(main(), timeout=60)
+    assert not any(isinstance(e, (SpeechStarted, Utterance)) for e in seen)
+    assert len([e for e in seen if isinstance(e, Level)]) == 10  # one per 100 ms chunk: all it gave
+    stats = final_stats(seen)  # the run got to its end before raising
+    assert stats.time == 1.0 and stats.segments_closed == 0
+
+
+def test_a_source_that_fails_mid_segment_finishes_it_then_raises(media, tiny_checkpoint, tmp_path):
+    """The first sentence is read and closed (its tail of silence too) before the source fails:
+    its utterance is delivered, then run() raises the source's error."""
+    cfg = make_config(tmp_path)
+    speech = media["three"]
+    audio = decode_audio(speech.path)
+    cut = round((speech.spans[0][1] + 1.0) * SAMPLE_RATE)  # a second after the first sentence ends
+
+    async def cut_short():
+        for k in range(0, cut, 1600):
+            yield audio[k:min(k + 1600, cut)]
+        raise UserError("file truncated")
+
+    async def main() -> list[Event]:
+        seen: list[Event] = []
+        async with Recognizer(cfg, tiny_checkpoint) as rec:
+            with pytest.raises(UserError, match="file truncated"):
+                async for event in rec.run(ChunkSource(audio=cut_short())):
+                    seen.append(event)
+        return seen
+
+    seen = run(main(), timeout=60)
+    final = finals(seen)
+    assert len(final) == 1 and speech.keys[0] <= words(final[0].text), [u.text for u in final]
+    assert_accounting(final_stats(seen))

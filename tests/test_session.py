@@ -327,3 +327,39 @@ def test_cli_replay_of_a_video_file_uses_its_pictures(bad_media, tiny_checkpoint
     code = cli("replay", str(bad_media["whole"]), "--no-video", "--jsonl", str(out),
                "--checkpoint", str(tiny_checkpoint), cache=tmp_path / "cache")
     assert code == 0 and not any(line["type"] == "face" for line in json_lines(out))
+
+
+class _Counted:
+    """An empty source that only carries drop counters, like a device source."""
+
+    def __init__(self, **counters: float) -> None:
+        self.__dict__.update(counters)
+
+    def __aiter__(self) -> "_Counted":
+        return self
+
+    async def __anext__(self):
+        raise StopAsyncIteration
+
+
+def test_merge_sums_its_sources_drop_counters():
+    merged = merge(_Counted(dropped_s=1.5, overflows=2), _Counted(dropped=7))
+    assert (merged.dropped_s, merged.dropped, merged.overflows) == (1.5, 7, 2)
+
+
+def test_stats_report_the_device_counters_under_wrappers(tiny_checkpoint, tmp_path):
+    """The session wraps the device source (recording, stop handling): its counters must still reach Stats."""
+    cfg = make_config(tmp_path)
+    device = _Counted(dropped=5, overflows=3)
+
+    async def wrapped():
+        async for item in device:
+            yield item
+
+    async def main() -> Stats:
+        async with Recognizer(cfg, tiny_checkpoint) as rec:
+            events = [e async for e in rec.run(wrapped(), live=True, counters=device)]
+        return [e for e in events if isinstance(e, Stats)][-1]
+
+    stats = run(main())
+    assert stats.frames_dropped == 5 and stats.overflows == 3

@@ -17,7 +17,7 @@ from fdrl.audio import SAMPLE_RATE, Resampler, decode_audio
 from fdrl.errors import UserError
 from stream import sources
 from stream.sources import (AudioChunk, CameraSource, ChunkClock, ChunkSource, DropOldestQueue, FileSource,
-                            MicrophoneSource, VideoFrame, list_devices)
+                            MicrophoneSource, SourceLost, VideoFrame, list_devices)
 
 
 def run(coro):
@@ -481,17 +481,20 @@ def test_camera_fps_limit():
     assert np.all(gaps > 0.07) and cam.dropped == 0
 
 
-def test_camera_lost_ends_iteration():
+def test_camera_lost_ends_iteration_with_a_source_lost_item():
     capture = FakeCapture(frames=3, interval=0.001)
     cam = CameraSource(0, fps=1000, capture_factory=lambda i: capture, max_failures=5)
 
-    async def main() -> list[VideoFrame]:
-        frames = await collect(cam)
+    async def main() -> list:
+        items = await collect(cam)
         assert await no_threads_left("fdrl-camera")
-        return frames
+        return items
 
-    frames = run(main())
-    assert 1 <= len(frames) <= 3 and cam.lost and capture.released
+    *frames, last = run(main())
+    assert 1 <= len(frames) <= 3 and all(isinstance(f, VideoFrame) for f in frames)
+    assert isinstance(last, SourceLost) and last.source == "camera" and last.t > frames[-1].t
+    assert "camera 0 stopped" in last.message and "audio only" in last.message
+    assert cam.lost and capture.released
 
 
 def test_camera_cancel_releases_device():
@@ -558,3 +561,68 @@ def test_list_devices_with_fakes():
         {"kind": "camera", "index": 0, "name": "camera 0"},
     ]
     assert cams[0].released and cams[1].released
+
+
+# -- FileSource on broken audio: the same one-line errors as fdrl.audio.decode_audio -------------------
+
+
+def float_wav(path: Path, audio: np.ndarray) -> Path:
+    """A 32-bit float WAV at 16 kHz (the wave module writes integer PCM only)."""
+    with av.open(str(path), "w", format="wav") as c:
+        s = c.add_stream("pcm_f32le", rate=SAMPLE_RATE, layout="mono")
+        frame = av.AudioFrame.from_ndarray(audio[None].astype(np.float32), format="flt", layout="mono")
+        frame.sample_rate = SAMPLE_RATE
+        c.mux(s.encode(frame))
+        c.mux(s.encode())
+    return path
+
+
+def with_header_field(path: Path, src: Path, offset: int, value: int) -> Path:
+    """`src` with the 16-bit little-endian WAV header field at `offset` set to `value`."""
+    data = bytearray(src.read_bytes())
+    data[offset:offset + 2] = value.to_bytes(2, "little")
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_unusable_audio_tracks_are_named_when_the_source_is_made(media, tmp_path):
+    """FFmpeg lists these tracks, but none can yield a sample: FileSource says so before anything runs."""
+    empty_flac = tmp_path / "empty.flac"
+    empty_flac.write_bytes(b"")  # FFmpeg opens it as a 0 Hz, 0-channel FLAC stream
+    cases = {
+        empty_flac: "0 Hz, 0 channels",
+        with_header_field(tmp_path / "no-channels.wav", media["short"], 22, 0): "16000 Hz, 0 channels",
+        with_header_field(tmp_path / "format-99.wav", media["short"], 20, 99): "no decoder for it",
+    }
+    for path, detail in cases.items():
+        with pytest.raises(UserError) as info:
+            FileSource(path)
+        message = str(info.value)
+        assert str(path) in message and "is corrupt, empty or in an unknown codec" in message, message
+        assert detail in message and "\n" not in message, message
+
+
+def test_an_audio_track_without_samples_is_an_error(tmp_path):
+    path = write_wav(tmp_path / "no-samples.wav", np.zeros(0, np.float32), SAMPLE_RATE)
+    src = FileSource(path)  # a well-formed header: the track looks fine until it is read
+    assert src.has_audio
+    with pytest.raises(UserError, match=r"no-samples\.wav contains no audio samples"):
+        run(collect(src))
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_samples_are_an_error_not_passed_on(tmp_path, bad):
+    audio = sine(1.0, SAMPLE_RATE)
+    audio[12000] = bad  # in the middle of the file: chunks before it have gone out already
+    path = float_wav(tmp_path / "broken-float.wav", audio)
+    chunks: list[AudioChunk] = []
+
+    async def main() -> None:
+        async for item in FileSource(path, chunk_ms=100):
+            chunks.append(item)
+
+    with pytest.raises(UserError, match=r"broken-float\.wav contains NaN or infinite samples"):
+        run(main())
+    assert all(np.isfinite(c.samples).all() for c in chunks)  # nothing non-finite got out
+    good = float_wav(tmp_path / "good-float.wav", sine(1.0, SAMPLE_RATE))  # the same file, finite: decodes whole
+    assert sum(len(c.samples) for c in run(collect(FileSource(good)))) == SAMPLE_RATE

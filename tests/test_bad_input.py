@@ -1,0 +1,632 @@
+"""Bad input, in one place: every kind of broken or unusual input a user can bring, and what must happen.
+
+Two outcomes are allowed, never a third: bad input gives a `UserError` whose message is one line
+naming the file or key and the fix (the CLI prints it and exits 2, no traceback); good but unusual
+input gives a correct result. Every file is generated here (numpy, PyAV, espeak-ng); nothing is committed.
+
+The corpus, with each case's expected outcome. Entry points: D decode_audio, S FileSource,
+R Recognizer.run replay, E evaluate / load_manifest, K config.load, P checkpoint.load, C the `fdrl` CLI
+(C* in a subprocess). "error" = one-line UserError naming the file or key (CLI: exit 2).
+Rows marked [n] are tested elsewhere (list below); "fixed" = a bug this corpus found (the test guards it).
+
+ case                                           via    expected outcome
+ ---------------------------------------------  -----  ----------------------------------------------
+ WAV cut in the middle of its data              D S    result: exactly the samples that are there
+ WAV header cut short / format 99 / 0 channels  D S    error
+ FLAC cut in half                               D S    error
+ FLAC, 400 bytes overwritten mid-file           D S    result: full length (FLAC frames have CRCs)
+ MP3 cut in half                                D S    result: the first half
+ MP3 / MP4, 400 bytes overwritten mid-file      D S    error
+ MP4 cut in half (no moov atom)                 D S    error
+ float WAV with NaN or inf samples              D      error (fixed)
+ zero-length .flac / .mp3 / .mp4                D S    error (S on .flac: fixed, yielded no samples)
+ zero-length .wav, 0-sample WAV, random bytes   D      error [1]
+ missing file, a folder, a text file            D S    error [2]
+ 8-bit unsigned WAV                             D      result: centred, right length
+ 8 / 22.05 / 44.1 / 48 kHz, stereo, 24-bit,     D R    result: 16 kHz mono, right length and level;
+   float32, FLAC, MP3, MP4 (AAC) speech                  the spoken words at the right times [3]
+ large DC offset (+0.5), clipping (x10)         D R E  result: the spoken words
+ float samples far over full scale (peak 4.0)   D R    result: not clipped, the spoken words
+ > 30 s of continuous speech                    R E    result: back-to-back utterances cover all of it
+ video with audio and pictures                  R      result: words and face updates [4]
+ audio without video                            R      result: words, no face updates, no waiting
+ video without audio                            D S    error [5]
+ video without audio                            C*     result: face labels, one warning, exit 0
+ video without audio, --no-video                C      error [6]
+ manifest "audio": undecodable / no audio track E      error
+ manifest "video": an audio-only file           E      error
+ manifest: empty or blank text, unknown label   E C    error with the line number [7]
+ manifest: "text": null and no audio            E      error with the line number
+ manifest: "audio" is a folder                  E      error with the line number
+ manifest with a UTF-8 BOM and CRLF line ends   E      result: the items (fixed)
+ manifest: not UTF-8, no items, missing         E      error [8]
+ config: TOML syntax error, unknown key         K C    error [9]
+ config: wrong type, bool for int, bad choice,  K      error (the ranges: fixed)
+   out of range, not a table, unknown section,
+   duplicate key, UTF-16, a folder, bad --set
+ config: face.rate_hz = 0                       C*     error (fixed: was a ZeroDivisionError traceback)
+ config: empty file, BOM + CRLF, int for float  K      result: the values
+ checkpoint: missing, random bytes              C      error [10]
+ checkpoint: other encoder settings             C      error naming the setting [11]
+ checkpoint: empty, truncated, bytes flipped,   P      error (no encoders: fixed, was a KeyError)
+   not ours, no encoders, no weights, fewer
+   labels, other dims, unknown model option
+ checkpoint without encoder settings            C*     error (fixed)
+ checkpoint with custom label names             E      result: scored (fixed: was a ValueError)
+ corrupt MP3                                    R C*   error
+ corrupt WAV, empty, truncated MP4, missing     C      error [6]
+ FLAC cut / WAV format 99: the source fails     R      error (fixed: was swallowed, the run ended as
+   before any segment is in flight                       if the file had ended, exit 0)
+ float WAV with NaN samples                     R      error (fixed: NaN scores reached the events)
+ replay a.wav --video b.wav (no pictures)       C      error
+
+Tested elsewhere: [1] test_audio.py test_empty_file, test_wav_with_no_samples, test_garbage_bytes;
+[2] test_audio.py test_missing_file, test_directory, test_sources.py test_file_errors_name_the_file;
+[3] test_audio.py test_int16_wav_at_any_rate_becomes_16k, test_stereo_channels_are_averaged, test_24bit_wav,
+test_other_codecs, test_mp3 (tones, decoding only); [4] test_session.py
+test_cli_replay_of_a_video_file_uses_its_pictures; [5] test_audio.py test_video_without_audio, test_sources.py
+test_video_without_audio; [6] test_session.py test_cli_replay_bad_input_is_one_line; [7] test_data.py
+test_manifest_errors_name_file_and_line, test_cli.py test_eval_bad_manifest_lines; [8] test_data.py
+test_manifest_file_errors; [9] test_cli.py test_bad_config_is_one_line; [10] test_cli.py
+test_eval_missing_and_corrupt_checkpoint; [11] test_cli.py test_mismatched_checkpoint_names_the_encoder.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import struct
+import subprocess
+import sys
+import wave
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from fdrl import checkpoint, config
+from fdrl.audio import SAMPLE_RATE, decode_audio, resample
+from fdrl.data import load_manifest
+from fdrl.errors import UserError
+from fdrl.evaluate import evaluate
+from fdrl.labels import CANONICAL
+from stream.cli import main
+from stream.events import Event, FaceUpdate
+from stream.pipeline import Recognizer
+from stream.sources import FileSource
+from tests.conftest import speak
+from tests.test_audio import write_int_wav, write_with_av
+from tests.test_pipeline import THREE, Speech, assert_accounting, final_stats, finals, make_config, speech_file, words
+from tests.test_sources import collect
+
+FDRL = Path(sys.executable).parent / "fdrl"
+TWO = THREE[:2]  # "I am very happy to see you", "please open the window"
+
+
+def run(coro, timeout: float = 120):
+    """Run a coroutine; a hang fails the test instead of stalling the suite."""
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def cases(argnames: str, rows: list) -> pytest.MarkDecorator:
+    """`parametrize` with each row's first value (a file name, a key) as its readable test id."""
+    return pytest.mark.parametrize(argnames, rows, ids=[str((r.values if hasattr(r, "values") else r)[0]) for r in rows])
+
+
+def assert_user_error(fn, *needles: str) -> str:
+    """`fn()` raises a UserError (nothing else) whose message is one line and contains every needle."""
+    with pytest.raises(UserError) as info:
+        fn()
+    message = str(info.value)
+    assert "\n" not in message, message
+    for needle in needles:
+        assert needle in message, message
+    return message
+
+
+def source_audio(path: Path) -> np.ndarray:
+    """Every sample a FileSource yields for `path` (audio only)."""
+    chunks = run(collect(FileSource(path)), timeout=30)
+    return np.concatenate([c.samples for c in chunks]) if chunks else np.zeros(0, np.float32)
+
+
+def corrupt(data: bytes, seed: int = 0) -> bytes:
+    """400 random bytes written over the middle of `data`."""
+    mid = len(data) // 2
+    return data[:mid] + np.random.default_rng(seed).bytes(400) + data[mid + 400:]
+
+
+def speech_mp4(path: Path, audio: np.ndarray, fps: int = 10, with_audio: bool = True) -> Path:
+    """A 64x48 grey MPEG-4 video as long as `audio` (16 kHz mono), with it as an AAC track unless told not to."""
+    with av.open(str(path), "w") as c:
+        v = c.add_stream("mpeg4", rate=fps)
+        v.width, v.height, v.pix_fmt = 64, 48, "yuv420p"
+        a = c.add_stream("aac", rate=SAMPLE_RATE, layout="mono") if with_audio else None
+        for i in range(int(len(audio) / SAMPLE_RATE * fps)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 90 + (i % 40), np.uint8), format="bgr24")
+            frame.pts = i
+            c.mux(v.encode(frame))
+        c.mux(v.encode())
+        if a is not None:
+            for k in range(0, len(audio), 1024):
+                frame = av.AudioFrame.from_ndarray(audio[None, k:k + 1024].astype(np.float32), format="flt", layout="mono")
+                frame.sample_rate, frame.pts = SAMPLE_RATE, k
+                c.mux(a.encode(frame))
+            c.mux(a.encode())
+    return path
+
+
+def write_u8_wav(path: Path, audio: np.ndarray, rate: int) -> Path:
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1)
+        f.setsampwidth(1)
+        f.setframerate(rate)
+        f.writeframes((np.round(audio * 127) + 128).astype(np.uint8).tobytes())
+    return path
+
+
+def patched(data: bytes, offset: int, fmt: str, value: int) -> bytes:
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, value)
+    return bytes(out)
+
+
+# More than 30 s of speech without a pause the VAD could split on: no punctuation, so espeak-ng never stops.
+LONG_TEXT = ("the old man walked slowly along the river and watched the boats drift past the green hills "
+             "while children played near the water and their mothers talked about the market and the weather "
+             "and the price of bread and fish and the small dog ran after the birds that flew over the bridge "
+             "then the sun went down behind the church and the lights came on in every window of the village "
+             "and the farmer brought his cows home across the field and the baker closed his shop for the night "
+             "and the teacher walked home with a pile of books under her arm and a smile on her face "
+             "and the moon rose over the quiet town and the wind moved softly through the tall trees")
+
+
+# -- fixtures: every file made once per module ------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def speech(tmp_path_factory) -> Speech:
+    return speech_file(tmp_path_factory.mktemp("speech") / "two.wav", TWO, pause=1.0)
+
+
+@pytest.fixture(scope="module")
+def media(speech, tmp_path_factory) -> dict[str, Path]:
+    """Every file of the corpus, good and bad, by name."""
+    d = tmp_path_factory.mktemp("media")
+    x = decode_audio(speech.path)                       # 16 kHz mono, peak about 0.5
+    unit = x / np.abs(x).max()
+    tone = (0.5 * np.sin(2 * np.pi * 440 * np.arange(2 * 44100) / 44100)).astype(np.float32)
+    y44 = resample(x, SAMPLE_RATE, 44100)
+    files = {
+        # good but unusual
+        "8k-int16.wav": write_int_wav(d / "8k.wav", resample(x, SAMPLE_RATE, 8000), 8000),
+        "22k-float32.wav": write_with_av(d / "22k-float.wav", resample(x, SAMPLE_RATE, 22050), 22050, "pcm_f32le"),
+        "44k-stereo.wav": write_int_wav(d / "44k-stereo.wav", np.stack([y44, 0.5 * y44], axis=1), 44100),
+        "48k-24bit.wav": write_int_wav(d / "48k-24bit.wav", resample(x, SAMPLE_RATE, 48000), 48000, width=3),
+        "float-peak-4.wav": write_with_av(d / "loud-float.wav", 4.0 * unit, SAMPLE_RATE, "pcm_f32le"),
+        "dc-offset.wav": write_int_wav(d / "dc.wav", 0.5 + 0.4 * unit, SAMPLE_RATE),
+        "clipped.wav": write_int_wav(d / "clipped.wav", np.clip(10 * x, -1, 1), SAMPLE_RATE),
+        "44k.flac": write_with_av(d / "speech.flac", y44, 44100, "flac"),
+        "44k.mp3": write_with_av(d / "speech.mp3", y44, 44100, "libmp3lame"),
+        "speech.mp4": speech_mp4(d / "speech.mp4", x),
+        "u8.wav": write_u8_wav(d / "u8.wav", 0.5 * np.sin(2 * np.pi * 440 * np.arange(8000) / 8000), 8000),
+        "silent.mp4": speech_mp4(d / "silent.mp4", np.zeros(SAMPLE_RATE, np.float32), with_audio=False),
+    }
+    speak(LONG_TEXT, d / "long.wav")
+    files["long.wav"] = d / "long.wav"
+    # broken: cut, overwritten, empty, wrong headers
+    tone_wav = write_int_wav(d / "tone.wav", tone, 44100)
+    tone_flac = write_with_av(d / "tone.flac", resample(tone, 44100, SAMPLE_RATE), SAMPLE_RATE, "flac")
+    tone_mp3 = write_with_av(d / "tone.mp3", tone, 44100, "libmp3lame")
+    av_mp4 = speech_mp4(d / "tone.mp4", resample(tone, 44100, SAMPLE_RATE))
+    files["tone.wav"] = tone_wav
+    wav = tone_wav.read_bytes()
+    broken = {
+        "wav-cut-in-data.wav": wav[: 44 + (len(wav) - 44) // 2],
+        "wav-cut-in-header.wav": wav[:20],
+        "wav-format-99.wav": patched(wav, 20, "<H", 99),
+        "wav-0-channels.wav": patched(wav, 22, "<H", 0),
+        "flac-cut.flac": tone_flac.read_bytes()[: tone_flac.stat().st_size // 2],
+        "flac-overwritten.flac": corrupt(tone_flac.read_bytes()),
+        "mp3-cut.mp3": tone_mp3.read_bytes()[: tone_mp3.stat().st_size // 2],
+        "mp3-overwritten.mp3": corrupt(tone_mp3.read_bytes()),
+        "mp4-cut.mp4": av_mp4.read_bytes()[: av_mp4.stat().st_size // 2],
+        "mp4-overwritten.mp4": corrupt(av_mp4.read_bytes()),
+        "empty.flac": b"",
+        "empty.mp3": b"",
+        "empty.mp4": b"",
+    }
+    for name, data in broken.items():
+        (d / name).write_bytes(data)
+        files[name] = d / name
+    nan, inf = unit.copy(), unit.copy()
+    nan[8000:8100] = np.nan
+    inf[8000] = np.inf
+    files["float-nan.wav"] = write_with_av(d / "float-nan.wav", nan, SAMPLE_RATE, "pcm_f32le")
+    files["float-inf.wav"] = write_with_av(d / "float-inf.wav", inf, SAMPLE_RATE, "pcm_f32le")
+    return files
+
+
+REPLAYED = ["8k-int16.wav", "22k-float32.wav", "44k-stereo.wav", "48k-24bit.wav", "float-peak-4.wav", "dc-offset.wav",
+            "clipped.wav", "44k.flac", "44k.mp3", "speech.mp4", "long.wav",
+            "flac-cut.flac", "wav-format-99.wav", "mp3-overwritten.mp3", "float-nan.wav"]
+
+
+@pytest.fixture(scope="module")
+def replays(media, tiny_checkpoint, tmp_path_factory) -> dict[str, list[Event] | UserError]:
+    """One recognizer (face analysis on), every file of REPLAYED through it at fast pace: its events, or its error."""
+    cfg = make_config(tmp_path_factory.mktemp("cfg"))
+
+    async def main() -> dict[str, list[Event] | UserError]:
+        out: dict[str, list[Event] | UserError] = {}
+        async with Recognizer(cfg, tiny_checkpoint) as rec:
+            for name in REPLAYED:
+                path = media[name]
+                try:
+                    out[name] = [e async for e in rec.run(FileSource(path, path))]
+                except UserError as e:
+                    out[name] = e
+        return out
+
+    return run(main(), timeout=240)
+
+
+# -- broken media: a clear error, or the samples that are there ---------------------------------------
+
+
+@cases("name, decode_error, source_error", [
+    ("wav-cut-in-header.wav", "cannot decode", "cannot read"),
+    ("wav-format-99.wav", "cannot decode", "corrupt"),
+    ("wav-0-channels.wav", "cannot decode", "corrupt"),
+    ("flac-cut.flac", "cannot decode", "corrupt or truncated"),
+    ("mp3-overwritten.mp3", "cannot decode", "corrupt or truncated"),
+    ("mp4-cut.mp4", "cannot decode", "cannot read"),
+    ("mp4-overwritten.mp4", "cannot decode", "corrupt or truncated"),
+    ("empty.flac", "contains no audio samples", "is corrupt, empty"),
+    ("empty.mp3", "cannot decode", "cannot read"),
+    ("empty.mp4", "cannot decode", "cannot read"),
+])
+def test_broken_media_is_a_one_line_error(media, name, decode_error, source_error):
+    path = media[name]
+    assert_user_error(lambda: decode_audio(path), str(path), decode_error)
+    assert_user_error(lambda: source_audio(path), str(path), source_error)
+
+
+@cases("name, seconds", [
+    ("wav-cut-in-data.wav", 1.0),       # half of 2 s: WAV has no frame structure, the prefix is exact
+    ("mp3-cut.mp3", 1.0),               # MP3 frames are independent: the complete ones decode
+    ("flac-overwritten.flac", 2.0),     # FLAC frames carry CRCs: the damaged one is dropped or concealed
+])
+def test_damaged_media_that_still_decodes_gives_what_is_there(media, name, seconds):
+    audio = decode_audio(media[name])
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    assert abs(audio.size / SAMPLE_RATE - seconds) < 0.05
+    assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
+    assert source_audio(media[name]).size == audio.size  # the streaming decoder agrees
+    if name.endswith(".wav"):  # the very samples of the intact file, up to the resampler's edge at the cut
+        intact = decode_audio(media["tone.wav"])
+        np.testing.assert_allclose(audio[:-100], intact[: audio.size - 100], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["float-nan.wav", "float-inf.wav"])
+def test_non_finite_float_samples_are_an_error(media, name):
+    assert_user_error(lambda: decode_audio(media[name]), str(media[name]), "NaN or infinite")
+
+
+def test_8bit_unsigned_wav_is_centred(media):
+    audio = decode_audio(media["u8.wav"])
+    assert audio.size == SAMPLE_RATE and abs(float(audio.mean())) < 0.01
+    assert np.abs(audio).max() == pytest.approx(0.5, abs=0.02)
+
+
+# -- unusual formats of real speech: decoded right and recognized -----------------------------------
+
+# name -> (decoded level relative to the 16 kHz original, its DC, words each utterance must contain)
+FORMATS = {
+    "8k-int16.wav": (1.0, 0.0, [{"happy"}, {"open", "window"}]),   # 4 kHz bandwidth: "see" loses its /s/
+    "22k-float32.wav": (1.0, 0.0, None),
+    "44k-stereo.wav": (0.75, 0.0, None),                          # channels averaged: (1 + 0.5) / 2
+    "48k-24bit.wav": (1.0, 0.0, None),
+    "float-peak-4.wav": (None, 0.0, None),                        # not clipped by decoding
+    "dc-offset.wav": (None, 0.5, None),
+    "clipped.wav": (None, 0.0, None),
+    "44k.flac": (1.0, 0.0, None),
+    "44k.mp3": (None, 0.0, None),                                 # encoder delay: not sample-aligned
+    "speech.mp4": (None, 0.0, None),
+}
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_unusual_format_decodes_to_16k_mono(media, speech, name):
+    level, dc, _ = FORMATS[name]
+    x = decode_audio(speech.path)
+    audio = decode_audio(media[name])
+    assert audio.dtype == np.float32 and audio.ndim == 1
+    slack = 0.1 if name.endswith((".mp3", ".mp4")) else 0.005   # MP3/AAC priming and padding
+    assert abs(audio.size - x.size) <= slack * SAMPLE_RATE, (audio.size, x.size)
+    assert float(audio.mean()) == pytest.approx(dc, abs=0.01)
+    if level is not None:  # sample-aligned: the same signal at the expected level
+        n = min(audio.size, x.size)
+        a, b = audio[:n] - audio.mean(), x[:n]
+        assert np.corrcoef(a, b)[0, 1] > (0.9 if name.startswith("8k") else 0.99)
+        assert np.std(a) / np.std(b) == pytest.approx(level, rel=0.1 if name.startswith("8k") else 0.02)
+    if name == "float-peak-4.wav":
+        assert np.abs(audio).max() == pytest.approx(4.0, rel=1e-3)
+    if name == "clipped.wav":
+        assert np.mean(np.abs(audio) > 0.99) > 0.05  # really clipped: much of the speech sits at full scale
+
+
+@pytest.mark.parametrize("name", list(FORMATS))
+def test_unusual_format_replays_to_the_spoken_words(replays, speech, name):
+    events = replays[name]
+    assert not isinstance(events, UserError), events
+    keys = FORMATS[name][2] or speech.keys
+    final = finals(events)
+    assert len(final) == 2, [u.text for u in final]
+    for u, want, (voice_start, voice_end) in zip(final, keys, speech.spans):
+        assert want <= words(u.text), u.text
+        assert abs(u.start - voice_start) <= 0.5 and abs(u.end - voice_end) <= 0.5, (u.start, u.end, voice_start, voice_end)
+        assert u.label in CANONICAL and np.isfinite(list(u.scores.values())).all()
+    stats = final_stats(events)
+    assert (stats.segments_closed, stats.utterances, stats.errors) == (2, 2, 0)
+    assert_accounting(stats)
+    faces = [e for e in events if isinstance(e, FaceUpdate)]
+    if name.endswith(".mp4"):  # audio and video: the pictures are analysed too (no face in flat grey)
+        assert len(faces) >= 10 and all(f.label is None for f in faces)
+    else:                      # audio without video: nothing to look at, nothing waited for
+        assert faces == []
+
+
+def test_over_30s_of_continuous_speech_is_covered_end_to_end(media, replays):
+    audio = decode_audio(media["long.wav"])
+    voiced = np.flatnonzero(np.abs(audio) > 0.01) / SAMPLE_RATE
+    assert voiced[-1] - voiced[0] > 30 and np.diff(voiced).max() < 0.3  # continuous: no pause the VAD could use
+    events = replays["long.wav"]
+    assert not isinstance(events, UserError), events
+    final = finals(events)
+    stats = final_stats(events)
+    assert stats.segments_closed == stats.utterances == len(final) >= 3  # 15 s at most each: split, nothing lost
+    assert_accounting(stats)
+    assert final[0].start <= voiced[0] + 0.1 and final[-1].end >= voiced[-1] - 0.1
+    for a, b in zip(final, final[1:]):
+        assert b.start - a.end <= 0.05, (a.end, b.start)     # back to back: no stretch of speech unlabelled
+    for u in final:
+        assert u.end - u.start <= 15.0 + 0.05
+        assert len(words(u.text)) >= 1.5 * (u.end - u.start), u.text  # each piece transcribed, none dropped
+    heard = set().union(*(words(u.text) for u in final))
+    assert len(heard & words(LONG_TEXT)) >= 0.75 * len(words(LONG_TEXT))
+
+
+# -- replay of sources that fail midway --------------------------------------------------------------
+
+
+def test_replay_of_a_file_that_fails_while_a_segment_is_open_is_an_error(media, replays):
+    """The tone opens a VAD segment before the damage: its inference is in flight when the source fails."""
+    error = replays["mp3-overwritten.mp3"]
+    assert isinstance(error, UserError) and "mp3-overwritten.mp3" in str(error)
+
+
+@pytest.mark.parametrize("name", ["flac-cut.flac", "wav-format-99.wav"])
+def test_replay_of_a_file_that_fails_before_any_segment_is_an_error(media, replays, name):
+    error = replays[name]
+    assert isinstance(error, UserError) and name in str(error), error
+
+
+def test_replay_of_float_nan_samples_is_an_error(replays):
+    error = replays["float-nan.wav"]
+    assert isinstance(error, UserError) and "float-nan.wav" in str(error), error
+
+
+# -- manifests ---------------------------------------------------------------------------------------
+
+
+def write_manifest(path: Path, *records: dict | str) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("record, needle", [
+    ({"text": None, "label": "anger"}, "needs 'audio' or 'text'"),   # null is absent: nothing left to classify
+    ({"audio": "clips", "label": "anger"}, "audio file not found"),  # a folder, not a file
+], ids=["null-text-no-audio", "audio-is-a-folder"])
+def test_manifest_line_errors(tmp_path, record, needle):
+    (tmp_path / "clips").mkdir()
+    manifest = write_manifest(tmp_path / "m.jsonl", {"text": "fine", "label": "neutral"}, record)
+    assert_user_error(lambda: load_manifest(manifest, CANONICAL), f"{manifest} line 2: ", needle)
+
+
+def test_manifest_with_bom_and_crlf_loads(tmp_path):
+    manifest = tmp_path / "notepad.jsonl"
+    manifest.write_bytes('\ufeff{"text": "so happy", "label": "happiness"}\r\n{"text": "meh", "label": "neutral"}\r\n'
+                         .encode("utf-8"))
+    items = load_manifest(manifest, CANONICAL)
+    assert [(i.text, i.label) for i in items] == [("so happy", "happiness"), ("meh", "neutral")]
+
+
+@pytest.mark.parametrize("record, needle", [
+    ({"audio": "wav-format-99.wav", "label": "anger"}, "cannot decode"),
+    ({"audio": "silent.mp4", "label": "anger"}, "has no audio track"),
+    ({"text": "hello", "video": "44k-stereo.wav", "label": "anger"}, "has no video track"),
+], ids=["undecodable-audio", "video-without-audio-as-audio", "audio-only-file-as-video"])
+def test_eval_names_the_bad_media_file(media, tiny_checkpoint, tmp_path, record, needle):
+    record = {k: str(media[v]) if k in ("audio", "video") else v for k, v in record.items()}
+    manifest = write_manifest(tmp_path / "m.jsonl", {"text": "fine words", "label": "neutral"}, record)
+    cfg = make_config(tmp_path)
+    bad = Path(record.get("video") or record["audio"]).name
+    assert_user_error(lambda: evaluate(manifest, cfg, tiny_checkpoint), bad, needle)
+
+
+def test_eval_scores_long_clipped_and_offset_speech(media, tiny_checkpoint, tmp_path):
+    manifest = write_manifest(tmp_path / "m.jsonl", *({"audio": str(media[n]), "label": "neutral"}
+                                                      for n in ("long.wav", "clipped.wav", "dc-offset.wav")))
+    result = evaluate(manifest, make_config(tmp_path), tiny_checkpoint)
+    assert result["n"] == 3 and sum(map(sum, result["confusion"])) == 3
+
+
+# -- config ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, needle", [
+    ('[model]\nd_model = "big"\n', "'model.d_model' must be of type int, got str 'big'"),
+    ("[vad]\nframe_ms = true\n", "'vad.frame_ms' must be of type int, got bool"),
+    ('[model]\nalignment = "words"\n', "'model.alignment' must be one of ['none', 'soft', 'word'], got 'words'"),
+    ("[face]\nrate_hz = 0\n", "'face.rate_hz' must be > 0, got 0.0"),
+    ("[fusion]\nface_weight = 1.5\n", "'fusion.face_weight' must be between 0 and 1, got 1.5"),
+    ("[encoders]\nwhisper_threads = -1\n", "'encoders.whisper_threads' must be >= 0, got -1"),
+    ("[asr]\nbeam_size = 0\n", "'asr.beam_size' must be > 0, got 0"),
+    ("model = 3\n", "config 'model' must be a table like [model]"),
+    ("[modle]\nd_model = 3\n", "unknown config section '[modle]'"),
+    ("[vad]\nframe_ms = 30\nframe_ms = 20\n", "malformed config file"),
+    (b"\xff\xfe[\x00v\x00a\x00d\x00]\x00", "malformed config file"),   # UTF-16 from a Windows editor
+], ids=["wrong-type", "bool-for-int", "bad-choice", "rate-zero", "weight-over-one", "negative-threads",
+        "beam-zero", "section-not-a-table", "unknown-section", "duplicate-key", "utf16"])
+def test_bad_config_file(tmp_path, text, needle):
+    path = tmp_path / "c.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
+    assert_user_error(lambda: config.load(path), needle)
+
+
+def test_config_path_that_is_a_folder(tmp_path):
+    assert_user_error(lambda: config.load(tmp_path), "config file not found", "--config PATH")
+
+
+@cases("override, needle", [
+    ("vad.frame_ms", "--set expects section.key=value"),
+    ("frame_ms=20", "--set expects section.key=value"),
+    ("vad.frame_ms=25", "'vad.frame_ms' must be one of [10, 20, 30], got 25"),
+    ("runtime.max_batch=0", "'runtime.max_batch' must be > 0, got 0"),
+])
+def test_bad_override(override, needle):
+    assert_user_error(lambda: config.load(overrides=[override]), needle)
+
+
+def test_unusual_but_valid_config_files(tmp_path):
+    empty = tmp_path / "empty.toml"
+    empty.write_text("")
+    assert config.load(empty).to_dict() == config.load().to_dict()
+    windows = tmp_path / "windows.toml"
+    windows.write_bytes("\ufeff[vad]\r\nhangover_ms = 300\r\n[fusion]\r\nface_weight = 1\r\n".encode("utf-8"))
+    cfg = config.load(windows)
+    assert cfg.vad.hangover_ms == 300 and cfg.fusion.face_weight == 1.0 and isinstance(cfg.fusion.face_weight, float)
+
+
+# -- checkpoints -------------------------------------------------------------------------------------
+
+
+def damaged_checkpoints(good: Path, d: Path) -> dict[str, Path]:
+    """Variants of a real checkpoint, each broken one way."""
+    blob = torch.load(good, weights_only=True)
+    data = good.read_bytes()
+    out = {}
+
+    def raw(name: str, content: bytes) -> None:
+        (d / name).write_bytes(content)
+        out[name] = d / name
+
+    def edited(name: str, **changes) -> None:
+        torch.save({k: v for k, v in {**blob, **changes}.items() if v is not None}, d / name)
+        out[name] = d / name
+
+    raw("empty.pt", b"")
+    raw("truncated.pt", data[: len(data) // 2])
+    raw("bytes-flipped.pt", data[:1000] + bytes(b ^ 0xFF for b in data[1000:3000]) + data[3000:])
+    torch.save({"weights": torch.zeros(3)}, d / "not-ours.pt")
+    out["not-ours.pt"] = d / "not-ours.pt"
+    edited("no-encoders.pt", encoders=None)
+    edited("encoders-not-a-table.pt", encoders="bundled")
+    edited("no-weights.pt", state_dict=None)
+    edited("fewer-labels.pt", labels=blob["labels"][:3])
+    edited("other-dims.pt", dims={**blob["dims"], "audio": 7})
+    edited("unknown-model-option.pt", model_config={**blob["model_config"], "experts": 8})
+    edited("custom-labels.pt", labels=[f"mood{k}" for k in range(len(blob["labels"]))])
+    return out
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    return damaged_checkpoints(tiny_checkpoint, tmp_path_factory.mktemp("ckpt"))
+
+
+ENCODERS = {"audio_frame_stride": 2}
+
+
+@cases("name, needle", [
+    ("empty.pt", "is corrupted or not a checkpoint (EOFError); re-train or re-download it"),
+    ("truncated.pt", "is corrupted or not a checkpoint"),
+    ("bytes-flipped.pt", "is corrupted or not a checkpoint"),
+    ("not-ours.pt", "is not an fdrl-stream checkpoint"),
+    ("no-encoders.pt", "has no encoder settings"),
+    ("encoders-not-a-table.pt", "has no encoder settings"),
+    ("no-weights.pt", "does not match this version of the model ('state_dict'); re-train it"),
+    ("fewer-labels.pt", "does not match this version of the model"),
+    ("other-dims.pt", "does not match this version of the model"),
+    ("unknown-model-option.pt", "does not match this version of the model"),
+])
+def test_damaged_checkpoint(checkpoints, name, needle):
+    assert_user_error(lambda: checkpoint.load(checkpoints[name], ENCODERS), str(checkpoints[name]), needle)
+
+
+def test_checkpoint_with_custom_labels_is_scored(checkpoints, tmp_path):
+    """A `labels.names` outside the canonical set: no face to fuse with, but eval must still score it."""
+    manifest = write_manifest(tmp_path / "m.jsonl", {"text": "what a lovely day", "label": "mood1"},
+                              {"text": "leave me alone", "label": "mood3"})
+    result = evaluate(manifest, make_config(tmp_path), checkpoints["custom-labels.pt"])
+    assert result["n"] == 2 and result["labels"] == [f"mood{k}" for k in range(7)]
+
+
+# -- the command line, end to end in a real process --------------------------------------------------
+
+
+def fdrl(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """The installed `fdrl` console script (`python -m stream.cli` where it is not installed)."""
+    command = [str(FDRL)] if FDRL.is_file() else [sys.executable, "-m", "stream.cli"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
+    return subprocess.run([*command, *args], capture_output=True, text=True, timeout=180, cwd=cwd, env=env)
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stdout + r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fdrl: error: "), r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def test_cli_replay_of_a_corrupt_mp3(media, tiny_checkpoint, tmp_path):
+    r = fdrl("--set", f"paths.cache_dir='{tmp_path}'", "replay", str(media["mp3-overwritten.mp3"]), "--pace", "fast",
+             "--checkpoint", str(tiny_checkpoint), cwd=tmp_path)
+    assert_one_line_error(r, "mp3-overwritten.mp3", "corrupt or truncated")
+
+
+def test_cli_zero_face_rate_is_one_line_not_a_traceback(media, tmp_path):
+    r = fdrl("--set", "face.rate_hz=0", "replay", str(media["44k-stereo.wav"]), "--pace", "fast", cwd=tmp_path)
+    assert_one_line_error(r, "face.rate_hz", "> 0")
+
+
+def test_cli_eval_with_a_checkpoint_without_encoder_settings(checkpoints, tmp_path):
+    manifest = write_manifest(tmp_path / "m.jsonl", {"text": "fine words", "label": "anger"})
+    r = fdrl("eval", "--manifest", str(manifest), "--checkpoint", str(checkpoints["no-encoders.pt"]), cwd=tmp_path)
+    assert_one_line_error(r, "no-encoders.pt", "has no encoder settings")
+
+
+def test_cli_replay_of_video_without_audio_shows_faces(media, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out.jsonl"
+    r = fdrl("--set", f"paths.cache_dir='{tmp_path}'", "replay", str(media["silent.mp4"]), "--pace", "fast",
+             "--checkpoint", str(tiny_checkpoint), "--jsonl", str(out), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "Traceback" not in r.stdout + r.stderr
+    assert [line for line in r.stderr.splitlines() if line.startswith("fdrl: ")] == [
+        f"fdrl: warning: {media['silent.mp4']} has no audio track: only face labels will be shown"]
+    events = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(e["type"] == "face" for e in events) >= 5 and not any(e["type"] == "utterance" for e in events)
+
+
+def test_cli_replay_with_an_audio_file_as_video(media, tiny_checkpoint, tmp_path, capsys):
+    wav = str(media["44k-stereo.wav"])
+    code = main(["--set", f"paths.cache_dir='{tmp_path}'", "replay", wav, "--video", str(media["48k-24bit.wav"]),
+                 "--checkpoint", str(tiny_checkpoint)])
+    err = capsys.readouterr().err
+    assert code == 2 and "48k-24bit.wav" in err and "no video track" in err
