@@ -609,10 +609,12 @@ def test_face_results_are_kept_only_while_a_segment_may_need_them(media, tiny_ch
     assert max(sizes[n:]) == 300 and max(sizes[:n]) <= 30
 
     def labels(events):
-        return [(u.index, u.final, u.label, u.scores, u.face_label, u.modalities) for u in utterances(events)]
+        return [(u.index, u.final, u.label, u.face_label, u.modalities) for u in utterances(events)]
 
     assert len(finals(pruned)) == 3 and all(u.face_label is not None and "face" in u.modalities for u in finals(pruned))
     assert labels(pruned) == labels(whole)
+    for a, b in zip(utterances(pruned), utterances(whole)):  # bf16 on some CPUs: batch makeup moves the 4th decimal
+        assert a.scores == pytest.approx(b.scores, abs=2e-3)
     closes(pruned)
 
 
