@@ -319,6 +319,16 @@ def test_a_crashing_stage_ends_the_run_with_its_error(media, tiny_checkpoint, tm
         run(main(), timeout=60)
 
 
+async def events_until_error(cfg: Config, checkpoint: Path, audio, error: str) -> list[Event]:
+    """The events of a run over `audio` chunks, which must end by raising a UserError matching `error`."""
+    seen: list[Event] = []
+    async with Recognizer(cfg, checkpoint) as rec:
+        with pytest.raises(UserError, match=error):
+            async for event in rec.run(ChunkSource(audio=audio)):
+                seen.append(event)
+    return seen
+
+
 def test_a_source_that_fails_between_segments_ends_the_run_with_its_error(tiny_checkpoint, tmp_path):
     """Nothing in flight when the source fails: what it gave is finished and delivered, then run() raises its error."""
     cfg = make_config(tmp_path)
@@ -328,15 +338,7 @@ def test_a_source_that_fails_between_segments_ends_the_run_with_its_error(tiny_c
             yield np.zeros(SAMPLE_RATE // 10, np.float32)
         raise UserError("microphone unplugged")
 
-    async def main() -> list[Event]:
-        seen: list[Event] = []
-        async with Recognizer(cfg, tiny_checkpoint) as rec:
-            with pytest.raises(UserError, match="microphone unplugged"):
-                async for event in rec.run(ChunkSource(audio=unplugged())):
-                    seen.append(event)
-        return seen
-
-    seen = run(main(), timeout=60)
+    seen = run(events_until_error(cfg, tiny_checkpoint, unplugged(), "microphone unplugged"), timeout=60)
     assert not any(isinstance(e, (SpeechStarted, Utterance)) for e in seen)
     assert len([e for e in seen if isinstance(e, Level)]) == 10  # one per 100 ms chunk: all it gave
     stats = final_stats(seen)  # the run got to its end before raising
@@ -356,15 +358,7 @@ def test_a_source_that_fails_mid_segment_finishes_it_then_raises(media, tiny_che
             yield audio[k:min(k + 1600, cut)]
         raise UserError("file truncated")
 
-    async def main() -> list[Event]:
-        seen: list[Event] = []
-        async with Recognizer(cfg, tiny_checkpoint) as rec:
-            with pytest.raises(UserError, match="file truncated"):
-                async for event in rec.run(ChunkSource(audio=cut_short())):
-                    seen.append(event)
-        return seen
-
-    seen = run(main(), timeout=60)
+    seen = run(events_until_error(cfg, tiny_checkpoint, cut_short(), "file truncated"), timeout=60)
     final = finals(seen)
     assert len(final) == 1 and speech.keys[0] <= words(final[0].text), [u.text for u in final]
     assert_accounting(final_stats(seen))
