@@ -578,13 +578,9 @@ def gain_bf16(model: FDRL, runs: int, batch: int = 32, warmup: int = 3) -> Gain:
     on a CPU with native bf16), interleaved; the note gives how far the posteriors move."""
     local = copy.deepcopy(model).to("cpu").eval()
     samples = head_samples(model.dims, batch)
-    times: dict[bool, list[float]] = {False: [], True: []}
-    for i in range(warmup + runs):
-        for bf16 in times:
-            seconds, _ = _timed(lambda: predict_proba(local, samples, bf16=bf16))
-            if i >= warmup:
-                times[bf16].append(seconds)
-    plain, fast = (float(np.median(times[k])) for k in (False, True))
+    ms = _median_ms({"float32": lambda: predict_proba(local, samples, bf16=False),
+                     "bf16": lambda: predict_proba(local, samples, bf16=True)}, runs, warmup)
+    plain, fast = ms["float32"] / 1000, ms["bf16"] / 1000
     drift = float(np.abs(predict_proba(local, samples, bf16=False) - predict_proba(local, samples, bf16=True)).max())
     used = "used here" if cpu_bf16() else "NOT used here: this CPU has no native bf16"
     return Gain("bf16 autocast, FDRL head (cpu)", f"float32, batch {batch}", f"bf16, batch {batch}", round(plain, 5),

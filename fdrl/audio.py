@@ -17,7 +17,12 @@ from fdrl.errors import UserError
 
 SAMPLE_RATE = 16000
 
-_FIX = "convert it to WAV or FLAC, or pass another file"
+CONVERT_HINT = "convert it to WAV or FLAC, or pass another file"
+
+
+def no_samples(path: Path | str) -> UserError:
+    """The error for a media file that decodes to nothing."""
+    return UserError(f"{path} contains no audio samples (the file is empty or truncated; {CONVERT_HINT})")
 
 
 def check_finite(samples: np.ndarray, path: Path | str) -> None:
@@ -50,9 +55,9 @@ def decode_audio(path: str | Path, start: float | None = None, end: float | None
         audio = _decode(path, stop_after=last)
     except (av.FFmpegError, OSError) as e:
         reason = getattr(e, "strerror", None) or str(e)
-        raise UserError(f"cannot decode {path}: {reason} (unreadable, corrupt or unsupported; {_FIX})") from None
+        raise UserError(f"cannot decode {path}: {reason} (unreadable, corrupt or unsupported; {CONVERT_HINT})") from None
     if audio.size == 0:
-        raise UserError(f"{path} contains no audio samples (the file is empty or truncated; {_FIX})")
+        raise no_samples(path)
     check_finite(audio, path)
     if first >= audio.size:
         raise UserError(f"start={start}s is beyond the end of {path} ({audio.size / SAMPLE_RATE:.2f}s long)")

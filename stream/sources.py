@@ -25,7 +25,7 @@ from typing import Any, Literal, TypeVar, Union
 import av
 import numpy as np
 
-from fdrl.audio import SAMPLE_RATE, Resampler, check_finite, to_mono
+from fdrl.audio import CONVERT_HINT, SAMPLE_RATE, Resampler, check_finite, no_samples, to_mono
 from fdrl.errors import UserError
 from fdrl.video import read_frames
 
@@ -206,9 +206,6 @@ async def _threaded(produce: Callable[[threading.Event], Iterator[T]], maxsize: 
 # -- files -----------------------------------------------------------------------------------------
 
 
-_FIX = "convert it to WAV or FLAC, or pass another file"
-
-
 def _probe(path: Path) -> tuple[bool, bool]:
     """(has audio, has video) for a media file; UserError if it is missing, not media, or its only track is unusable."""
     if not path.is_file():
@@ -218,7 +215,7 @@ def _probe(path: Path) -> tuple[bool, bool]:
             audio = [s for s in container.streams.audio if _decodable(s)]
             if container.streams.audio and not audio and not container.streams.video:
                 raise UserError(f"audio in {path} is corrupt, empty or in an unknown codec "
-                                f"({_describe(container.streams.audio[0])}; {_FIX})")
+                                f"({_describe(container.streams.audio[0])}; {CONVERT_HINT})")
             return bool(audio), bool(container.streams.video)
     except (av.error.FFmpegError, OSError) as e:
         raise UserError(f"cannot read {path}: {e} (is it an audio or video file?)") from None
@@ -282,7 +279,7 @@ def decode_audio_chunks(path: Path, chunk_samples: int, stop: threading.Event | 
         if buffered:
             yield take(buffered)
         elif not emitted:
-            raise UserError(f"{path} contains no audio samples (the file is empty or truncated; {_FIX})")
+            raise no_samples(path)
 
 
 def _video_frames(path: Path, rate_hz: float) -> Iterator[VideoFrame]:

@@ -43,6 +43,7 @@ from stream.ui import LiveView, ViewState, run_live, run_plain
 from tests.conftest import speak
 from tests.test_pipeline import THREE, fdrl_threads, finals, make_config, run, speech_file, utterances, words
 from tests.test_sources import FakeInputStream
+from tests.test_ui import render_text
 
 
 def closes(events: list[Event]) -> None:
@@ -333,13 +334,7 @@ def test_camera_lost_mid_session_goes_on_with_audio_and_tells_the_user(media, ti
     view = LiveView()
     for e in events:
         view.apply(e)
-    assert "camera lost" in render(view) and "warning at" in render(view)
-
-
-def render(view: LiveView) -> str:
-    console = Console(record=True, width=120, file=io.StringIO())
-    console.print(view.render())
-    return console.export_text()
+    assert "camera lost" in render_text(view) and "warning at" in render_text(view)
 
 
 def test_the_view_shows_fallbacks_and_withdraws_discarded_labels():
@@ -358,7 +353,7 @@ def test_the_view_shows_fallbacks_and_withdraws_discarded_labels():
     assert s.device == "cpu"
     view = LiveView()
     view.state = s
-    text = render(view)
+    text = render_text(view)
     assert "warning at 6.0 s: the GPU ran out of memory" in text and "(provisional)" not in text
 
 
@@ -433,7 +428,7 @@ def test_live_consumer_that_stops_reading_drops_audio_counted_and_keeps_time(med
     # The counts reach the user.
     view = LiveView()
     view.apply(stats)
-    assert f"audio dropped {stats.audio_dropped_s:.1f} s" in render(view)
+    assert f"audio dropped {stats.audio_dropped_s:.1f} s" in render_text(view)
 
 
 def test_live_mode_drops_the_oldest_video_frames_not_audio(tiny_checkpoint, tmp_path):
