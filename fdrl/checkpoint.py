@@ -1,4 +1,5 @@
-"""Checkpoints carry everything needed to use them: weights, label set, input dims, encoder ids, config.
+"""Checkpoints carry everything needed to use them: weights, label set, input dims, encoder ids, config,
+and the audio statistics of the training speakers that speaker normalization starts from.
 
 A checkpoint trained on other encoders (another Whisper, another frame stride) would silently give
 garbage, so loading checks the encoder identity and fails with a message that names both sides.
@@ -17,6 +18,7 @@ import torch
 from fdrl import config as config_mod
 from fdrl.errors import UserError
 from fdrl.model import FDRL
+from fdrl.speaker import SpeakerNorm, standardize
 
 FORMAT = "fdrl-stream/1"
 
@@ -30,10 +32,16 @@ class Checkpoint:
     model_config: config_mod.Model
     metrics: dict[str, Any] = field(default_factory=dict)
     path: Path | None = None
+    speaker_norm: SpeakerNorm | None = None  # None: the model reads raw audio frames (or no audio)
+
+    def prepare(self, samples: list) -> list:
+        """Samples as the model expects them: audio standardized per speaker when it was trained so."""
+        return standardize(samples, self.speaker_norm)
 
 
 def save(path: Path, model: FDRL, labels: list[str], dims: dict[str, int], encoders: dict[str, Any],
-         model_config: config_mod.Model, metrics: dict[str, Any] | None = None) -> None:
+         model_config: config_mod.Model, metrics: dict[str, Any] | None = None,
+         speaker_norm: SpeakerNorm | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().half() if v.is_floating_point() else v.cpu() for k, v in model.state_dict().items()}
     torch.save({
@@ -44,6 +52,7 @@ def save(path: Path, model: FDRL, labels: list[str], dims: dict[str, int], encod
         "encoders": dict(encoders),
         "model_config": dataclasses.asdict(model_config),
         "metrics": metrics or {},
+        "speaker_norm": speaker_norm.to_dict() if speaker_norm else None,
     }, path)
 
 
@@ -69,7 +78,10 @@ def load(path: Path, expected_encoders: dict[str, Any] | None = None, device: st
         model_config = config_mod.Model(**blob["model_config"])
         model = FDRL(model_config, blob["dims"], len(blob["labels"]))
         model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+        norm = SpeakerNorm.from_dict(blob["speaker_norm"]) if blob.get("speaker_norm") else None
     except (TypeError, KeyError, AttributeError, ValueError, RuntimeError) as e:
         raise UserError(f"checkpoint {path} does not match this version of the model ({(str(e).splitlines() or [type(e).__name__])[0]}); re-train it") from None
+    if model_config.speaker_norm and "audio" in model.dims and norm is None:
+        raise UserError(f"checkpoint {path} was trained with speaker normalization but carries no speaker statistics; re-train it")
     model.to(device).eval()
-    return Checkpoint(model, blob["labels"], blob["dims"], encoders, model_config, blob.get("metrics", {}), path)
+    return Checkpoint(model, blob["labels"], blob["dims"], encoders, model_config, blob.get("metrics", {}), path, norm)

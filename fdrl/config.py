@@ -41,6 +41,7 @@ class Encoders:
     audio_frame_stride: int
     text_model: str
     text_max_tokens: int
+    text_tuned: str
 
 
 @dataclass
@@ -68,6 +69,8 @@ class Model:
     dropout: float
     alignment: str
     fusion: str
+    speaker_norm: bool
+    speaker_prior_frames: float
 
 
 @dataclass
@@ -156,7 +159,8 @@ _CHOICES = {
 _POSITIVE = {("face", "rate_hz"), ("ui", "refresh_hz"), ("asr", "beam_size"), ("runtime", "max_batch"),
              ("encoders", "audio_frame_stride"), ("encoders", "text_max_tokens"), ("train", "epochs"),
              ("train", "batch_size")}
-_NON_NEGATIVE = {("encoders", "whisper_threads"), ("runtime", "max_wait_ms"), ("face", "detect_width")}
+_NON_NEGATIVE = {("encoders", "whisper_threads"), ("runtime", "max_wait_ms"), ("face", "detect_width"),
+                 ("model", "speaker_prior_frames")}
 _FRACTION = {("fusion", "face_weight"), ("model", "dropout"), ("train", "text_dropout")}
 
 

@@ -1,7 +1,8 @@
 """`fdrl eval`: score a checkpoint on a JSONL manifest through the same path as live use.
 
 Audio lines without `text` are transcribed by the same Whisper pass the streaming pipeline uses,
-so the figures measure the product, not an oracle transcript.
+so the figures measure the product, not an oracle transcript. Audio is normalized per manifest
+`speaker` (all of that speaker's lines); a line without one is normalized by itself and the prior.
 """
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def evaluate(manifest: Path, cfg: Config, checkpoint: Path | None = None, plot: 
     items = load_manifest(manifest, ckpt.labels)
     with progress("encoding", len(items)) as advance:
         samples = extractor.extract(items, ckpt.labels, progress=advance)
-    probs = late_fusion(predict_proba(ckpt.model, samples), samples, ckpt.labels, cfg.fusion.face_weight)
+    probs = late_fusion(predict_proba(ckpt.model, ckpt.prepare(samples)), samples, ckpt.labels, cfg.fusion.face_weight)
     y_true = np.array([s.label for s in samples])
     result = metrics.summary(y_true, probs.argmax(1), list(ckpt.labels))
     if plot is not None:

@@ -25,6 +25,7 @@ import numpy as np
 from fdrl.audio import SAMPLE_RATE, decode_audio
 from fdrl.config import Config
 from fdrl.data import Item
+from fdrl.text import tuned_id, tuned_path
 from fdrl.vad import Segment, Segmenter, VadOptions
 
 WHISPER_FPS = 50  # Whisper encoder frames per second (20 ms hop)
@@ -140,7 +141,8 @@ class FeatureExtractor:
     def encoder_ids(self) -> dict[str, object]:
         """What a checkpoint must match: the identity of every encoder feeding the model."""
         e = self.cfg.encoders
-        return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}", "text": f"{e.text_model}:{e.text_max_tokens}",
+        return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}",
+                "text": f"{e.text_model}:{e.text_max_tokens}:{tuned_id(tuned_path(self.cfg))}",
                 "audio_frame_stride": e.audio_frame_stride, "face": Path(self.cfg.paths.face_weights).name}
 
     @property

@@ -5,6 +5,9 @@ nothing is downloaded at run time. The network is written out here (about fifty 
 importing `transformers`: that keeps start-up fast and the dependency list short, and
 `tests/test_text.py` proves the port matches sentence-transformers.
 
+The top layers may be replaced by ones fine-tuned on GoEmotions (`encoders.text_tuned`, made by
+`fdrl tune-text`, fdrl/tune_text.py): the only encoder part the default checkpoint trains.
+
 Input is pre-split words (Whisper's words, or `text.split()`), and every token keeps the index of
 the word it came from, so the model can align text tokens with the audio of each word.
 """
@@ -82,12 +85,18 @@ class Bert(nn.Module):
 
     def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """ids, mask: [B, L] (mask True on real tokens) -> last-layer states [B, L, hidden]."""
-        x = self.tok(ids) + self.pos.weight[: ids.shape[1]] + self.seg.weight[0]
-        x = self.ln(x)
-        keep = mask[:, None, None, :]  # every query may attend to every real key
-        for layer in self.layers:
-            x = layer(x, keep)
-        return x
+        return run_layers(self.layers, self.embed(ids), mask)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.ln(self.tok(ids) + self.pos.weight[: ids.shape[1]] + self.seg.weight[0])
+
+
+def run_layers(layers: Sequence[Layer], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """States [B, L, hidden] through `layers`; every query may attend to every real key of `mask` [B, L]."""
+    keep = mask[:, None, None, :]
+    for layer in layers:
+        x = layer(x, keep)
+    return x
 
 
 # Hugging Face BertModel parameter names -> ours.
@@ -124,12 +133,41 @@ def _model_dir(model: str) -> Path:
     return folder
 
 
+def tuned_id(path: Path | None) -> str:
+    """Identity of a tuning file for caches and checkpoints: its name and content hash ("" = none)."""
+    if path is None:
+        return ""
+    if not path.is_file():
+        raise UserError(f"text tuning file not found: {path} (create it with `fdrl tune-text` "
+                        "or set encoders.text_tuned = \"\" for the pretrained MiniLM)")
+    return f"{path.name}:{_sha256(path)[:12]}"
+
+
+def load_tuned(net: Bert, path: Path) -> None:
+    """Replace the layers stored in `path` (a `fdrl tune-text` safetensors file) by their tuned weights."""
+    try:
+        weights = load_file(path)
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        raise UserError(f"text tuning file {path} is damaged ({type(e).__name__}); re-create it with `fdrl tune-text`") from None
+    own = net.state_dict()
+    bad = [k for k, v in weights.items() if k not in own or own[k].shape != v.shape or not k.startswith("layers.")]
+    if bad or not weights:
+        raise UserError(f"text tuning file {path} does not fit this MiniLM ({bad[0] if bad else 'no weights'}); "
+                        "re-create it with `fdrl tune-text`")
+    net.load_state_dict({k: v.float() for k, v in weights.items()}, strict=False)
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def tuned_path(cfg: Config) -> Path | None:
+    """`encoders.text_tuned` resolved against the project ("" = the pretrained MiniLM as it is)."""
+    return cfg.resolve(cfg.encoders.text_tuned) if cfg.encoders.text_tuned else None
 
 
 def _words(text: str | Sequence[str]) -> list[str]:
@@ -139,7 +177,7 @@ def _words(text: str | Sequence[str]) -> list[str]:
 class TextEncoder:
     """Words -> last-layer MiniLM token states, with the source word of every token."""
 
-    def __init__(self, model: str = "bundled", device: str = "cpu", max_tokens: int = 64) -> None:
+    def __init__(self, model: str = "bundled", device: str = "cpu", max_tokens: int = 64, tuned: Path | None = None) -> None:
         from tokenizers import Tokenizer
 
         folder = _model_dir(model)
@@ -152,16 +190,19 @@ class TextEncoder:
         weights = {_rename(k): v for k, v in load_file(folder / "model.safetensors").items()
                    if k.startswith(("embeddings.", "encoder.")) and not k.endswith("position_ids")}  # no pooler
         self.net.load_state_dict(weights, strict=True)
+        tuned_key = tuned_id(tuned)  # first: a missing file is a clear error
+        if tuned is not None:
+            load_tuned(self.net, tuned)
         self.net.to(self.device).eval()
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()  # the file pads every text to 128; we pad per batch instead
         self.tokenizer.enable_truncation(max_tokens)
-        # Identity for feature caches: the exact weights and the truncation length.
-        self.model_id = f"all-MiniLM-L6-v2:{_sha256(folder / 'model.safetensors')[:12]}:max{max_tokens}"
+        # Identity for feature caches: the exact weights (tuned layers included) and the truncation length.
+        self.model_id = f"all-MiniLM-L6-v2:{_sha256(folder / 'model.safetensors')[:12]}:max{max_tokens}" + (f":{tuned_key}" if tuned_key else "")
 
     @classmethod
     def from_config(cls, cfg: Config, device: str = "cpu") -> TextEncoder:
-        return cls(cfg.encoders.text_model, device, cfg.encoders.text_max_tokens)
+        return cls(cfg.encoders.text_model, device, cfg.encoders.text_max_tokens, tuned_path(cfg))
 
     def encode(self, texts: Sequence[Sequence[str] | str]) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text: token states float32 [L, 384] (with [CLS] and [SEP]) and word ids int32 [L] (-1 = special).

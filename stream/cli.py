@@ -30,6 +30,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune_text(args: argparse.Namespace) -> int:
+    from fdrl.tune_text import TuneOptions, tune_command
+    cfg = _config(args)
+    out = args.out or cfg.resolve(cfg.encoders.text_tuned or "models/minilm-goemotions.safetensors")
+    options = TuneOptions(layers=args.layers, epochs=args.epochs, seed=args.seed)
+    result = tune_command(cfg, args.goemotions, out, options)
+    print(json.dumps(result) if args.json else f"saved {out}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from fdrl.evaluate import evaluate
     cfg = _config(args)
@@ -183,6 +193,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", type=Path, help="write the full results as JSON here")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tune-text", help="fine-tune MiniLM's top layers on GoEmotions (encoders.text_tuned)")
+    p.add_argument("--goemotions", type=Path, required=True, help="GoEmotions folder with train.tsv (dev.tsv is scored)")
+    p.add_argument("--out", type=Path, help="safetensors file to write (default: encoders.text_tuned)")
+    p.add_argument("--layers", type=int, default=2, help="top layers to tune, 1-6 (default 2)")
+    p.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print the per-epoch results as JSON")
+    p.set_defaults(func=cmd_tune_text)
 
     p = sub.add_parser("eval", help="score a checkpoint on a JSONL manifest")
     p.add_argument("--manifest", type=Path, required=True, help='JSONL: {"audio"|"text", "label", ["speaker", "video"]} per line')

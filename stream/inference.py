@@ -28,6 +28,7 @@ from fdrl import checkpoint as ckpt_mod
 from fdrl.config import Config
 from fdrl.evaluate import late_fusion, resolve_device
 from fdrl.features import FeatureExtractor, Sample, word_spans
+from fdrl.speaker import Moments, RunningSpeaker
 from fdrl.train import predict_proba
 from fdrl.whisper import Transcript
 
@@ -49,6 +50,7 @@ class Request:
     audio: np.ndarray                        # float32 mono 16 kHz
     vision: np.ndarray | None = None         # [T_v, FACE_DIM] face features over the utterance
     face_posterior: np.ndarray | None = None
+    speaker: RunningSpeaker | None = None    # the stream's speaker statistics; None: this utterance alone
     provisional: asyncio.Future = None       # type: ignore[assignment]  # set by submit()
     final: asyncio.Future = None             # type: ignore[assignment]
     submitted: float = 0.0                   # perf_counter when queued
@@ -89,7 +91,7 @@ class Engine:
         noise = (0.01 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
         req = Request(noise)
         encoded = self.encode([req])
-        self.classify([Sample(-1, "", audio=encoded[0][0])])
+        self.classify([Sample(-1, "", audio=self.standardize(encoded[0][0], None))])
         if self.text is not None:
             self.text.encode([["warm", "up"]])
 
@@ -100,6 +102,13 @@ class Engine:
     def classify(self, samples: list[Sample]) -> np.ndarray:
         probs = predict_proba(self.ckpt.model, samples)
         return late_fusion(probs, samples, self.labels, self.cfg.fusion.face_weight)
+
+    def standardize(self, frames: np.ndarray, speaker: RunningSpeaker | None) -> np.ndarray:
+        """Frames as the checkpoint expects them: standardized by what was heard of their speaker."""
+        norm = self.ckpt.speaker_norm
+        if norm is None:
+            return frames
+        return norm.standardize(frames, Moments.of(frames) if speaker is None else speaker.heard_with(frames))
 
     def transcribe(self, audio: np.ndarray, window: np.ndarray) -> Transcript:
         return self.whisper.transcribe(audio, encoder_output=window)
@@ -127,7 +136,7 @@ class Engine:
         t_enc = time.perf_counter() - t0
         audio = [frames[:: self.stride].astype(np.float32) for frames, _ in encoded]
         with_vision = "vision" in self.ckpt.dims
-        samples = [Sample(-1, "", audio=a, vision=r.vision if with_vision else None, face_posterior=r.face_posterior)
+        samples = [Sample(-1, "", audio=self.standardize(a, r.speaker), vision=r.vision if with_vision else None, face_posterior=r.face_posterior)
                    for a, r in zip(audio, batch)]
         t1 = time.perf_counter()
         probs = self.classify(samples)
@@ -162,6 +171,9 @@ class Engine:
             label, scores = self.scores(p)
             timings = {"encode": t_enc, "asr": t_asr, "model": t_model, "batch": float(len(batch))}
             publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=bool(tr.text), timings=timings))
+        for r, a, tr in zip(batch, audio, transcripts):
+            if r.speaker is not None and tr is not None and tr.text:  # only speech shapes the speaker's statistics
+                r.speaker.add(a)
 
 
 def is_out_of_memory(e: BaseException) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 from fdrl.audio import SAMPLE_RATE
 from fdrl.config import Config
 from fdrl.labels import CANONICAL
+from fdrl.speaker import RunningSpeaker
 from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
 from stream.events import Error, Event, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats, Utterance
 from stream.inference import Engine, InferenceWorker, Request, Result
@@ -166,6 +167,7 @@ class _Run:
         self.rec, self.cfg, self.stream, self.live = rec, rec.cfg, stream, live
         self.counters = Counters()
         self.faces = FaceTrack()
+        self.speaker = RunningSpeaker()    # speaker normalization: a stream is taken to be one speaker
         self.out: asyncio.Queue = asyncio.Queue(maxsize=256)
         self.audio_q: asyncio.Queue = asyncio.Queue(maxsize=64)
         self.video_q: asyncio.Queue = asyncio.Queue(maxsize=8)
@@ -318,7 +320,7 @@ class _Run:
         self.gathering.remove(seg.start)  # the request holds what it needs: the track may forget them
         vision = np.stack([f.features for f in faces]) if faces else None
         posterior = np.mean([f.posterior for f in faces], axis=0) if faces else None
-        return await self.rec.worker.submit(Request(seg.audio, vision, posterior))
+        return await self.rec.worker.submit(Request(seg.audio, vision, posterior, self.speaker))
 
     async def face(self) -> None:
         model = self.rec._face_model

@@ -50,7 +50,8 @@ Rows marked [n] are tested elsewhere (list below); "fixed" = a bug this corpus f
  checkpoint: other encoder settings             C      error naming the setting [11]
  checkpoint: empty, truncated, bytes flipped,   P      error (no encoders: fixed, was a KeyError)
    not ours, no encoders, no weights, fewer
-   labels, other dims, unknown model option
+   labels, other dims, unknown model option,
+   no / damaged speaker statistics
  checkpoint without encoder settings            C*     error (fixed)
  checkpoint with custom label names             E      result: scored (fixed: was a ValueError)
  corrupt MP3                                    R C*   error
@@ -541,6 +542,8 @@ def damaged_checkpoints(good: Path, d: Path) -> dict[str, Path]:
     edited("other-dims.pt", dims={**blob["dims"], "audio": 7})
     edited("unknown-model-option.pt", model_config={**blob["model_config"], "experts": 8})
     edited("custom-labels.pt", labels=[f"mood{k}" for k in range(len(blob["labels"]))])
+    edited("no-speaker-stats.pt", speaker_norm=None)
+    edited("bad-speaker-stats.pt", speaker_norm={"n": 3.0})
     return out
 
 
@@ -563,6 +566,8 @@ ENCODERS = {"audio_frame_stride": 2}
     ("fewer-labels.pt", "does not match this version of the model"),
     ("other-dims.pt", "does not match this version of the model"),
     ("unknown-model-option.pt", "does not match this version of the model"),
+    ("no-speaker-stats.pt", "was trained with speaker normalization but carries no speaker statistics; re-train it"),
+    ("bad-speaker-stats.pt", "does not match this version of the model ('mean'); re-train it"),
 ])
 def test_damaged_checkpoint(checkpoints, name, needle):
     assert_user_error(lambda: checkpoint.load(checkpoints[name], ENCODERS), str(checkpoints[name]), needle)

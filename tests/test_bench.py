@@ -13,6 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -29,6 +30,7 @@ from bench.run import (
 )
 from fdrl import config
 from fdrl.checkpoint import save
+from fdrl.speaker import Moments, SpeakerNorm
 from fdrl.config import PROJECT_ROOT
 from fdrl.face import FaceAnalyzer
 from fdrl.features import FeatureExtractor
@@ -71,8 +73,9 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     cfg = config.load()
     dims = {m: DEFAULT_DIMS[m] for m in ("audio", "text")}
     path = tmp_path_factory.mktemp("bench") / "untrained.pt"
+    prior = Moments(1.0, np.zeros(dims["audio"]), np.ones(dims["audio"]))  # an untrained model: unit statistics
     save(path, FDRL(cfg.model, dims, len(cfg.labels.names)), cfg.labels.names, dims,
-         FeatureExtractor(cfg, cache=False).encoder_ids, cfg.model)
+         FeatureExtractor(cfg, cache=False).encoder_ids, cfg.model, speaker_norm=SpeakerNorm(prior, 500))
     return path
 
 

@@ -35,6 +35,7 @@ from fdrl.labels import CANONICAL
 from fdrl.whisper import Transcript
 from stream.events import (Error, Event, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats,
                            Utterance)
+from stream.inference import Request
 from stream.pipeline import FaceTrack, Recognizer
 from stream.record import RecordingError, load_session, read_events
 from stream.session import SessionOptions, merge, run_session
@@ -133,34 +134,66 @@ async def replay(rec: Recognizer, path: Path, **kw) -> list[Event]:
 # -- faults in the middle of a stream: one recognizer, one scenario per replay ------------------------
 
 
+class Scenarios(dict):
+    """Events per scenario; `frames[name]`: the audio frame count of every request that ended in a label."""
+
+    frames: dict[str, list[int]]
+
+
 @pytest.fixture(scope="module")
-def scenarios(media, tiny_checkpoint, tmp_path_factory) -> dict[str, list[Event]]:
+def scenarios(media, tiny_checkpoint, tmp_path_factory) -> Scenarios:
     """The three-sentence file replayed with a fault at its second segment (one segment per batch), and
     the short-sound file as it is. Calls per segment: encode 1, classify 2 (provisional, final), transcribe 1."""
     cfg = make_config(tmp_path_factory.mktemp("cfg"), "runtime.max_batch=1")
     three = media["three"].path
     silent = Transcript(text="", words=[], no_speech_prob=0.95, avg_logprob=-1.2)
+    out = Scenarios()
+    out.frames = {}
 
-    async def main() -> dict[str, list[Event]]:
-        out: dict[str, list[Event]] = {}
+    async def main() -> Scenarios:
         async with Recognizer(cfg, tiny_checkpoint, face=False) as rec:
             engine = rec.engine
+            submit, requests = rec.worker.submit, []
+
+            async def spying(request: Request) -> Request:
+                requests.append(request)
+                return await submit(request)
+
+            rec.worker.submit = spying
+
+            async def scenario(name: str, path: Path) -> None:
+                requests.clear()
+                out[name] = await replay(rec, path)
+                assert len({id(r.speaker) for r in requests}) == 1  # one stream, one speaker's statistics
+                labelled = [r for r in requests if r.final.done() and not r.final.exception() and r.final.result().speech]
+                out.frames[name] = [len(engine.encode([r])[0][0][:: engine.stride]) for r in labelled]
+                out.frames[name].append(requests[0].speaker.heard.n if requests[0].speaker.heard else 0)
+
             with fault(engine, "encode", {2}, raising(RuntimeError("encoder fell over"))):
-                out["whisper raises"] = await replay(rec, three)
+                await scenario("whisper raises", three)
             with fault(engine, "classify", {4}, raising(RuntimeError("model fell over"))):
-                out["model raises"] = await replay(rec, three)
+                await scenario("model raises", three)
             with fault(engine, "transcribe", {2}, lambda *a: silent):
-                out["no speech"] = await replay(rec, three)
-            out["short sound"] = await replay(rec, media["short"])
+                await scenario("no speech", three)
+            await scenario("short sound", media["short"])
             for method, at in (("classify", {4}), ("transcribe", {2})):
                 engine.device = "cuda"  # as if loaded on a GPU: the CPU is then a fallback
                 whisper = engine.whisper
                 with fault(engine, method, at, oom):
-                    out[f"oom in {method}"] = await replay(rec, three)
+                    await scenario(f"oom in {method}", three)
                 assert engine.device == "cpu" and engine.whisper is not whisper  # reloaded on the CPU
         return out
 
     return run(main(), timeout=120)
+
+
+@pytest.mark.parametrize("name, labelled", [("whisper raises", 2), ("model raises", 2), ("no speech", 2),
+                                            ("short sound", 1), ("oom in classify", 3), ("oom in transcribe", 3)])
+def test_every_labelled_utterance_counts_once_in_the_speaker_statistics(scenarios, name, labelled):
+    """Speaker normalization (fdrl/speaker.py) learns a stream's speaker from what it says: failed and
+    no-speech segments do not count, and a batch run twice (out of GPU memory) counts once."""
+    *frames, heard = scenarios.frames[name]
+    assert len(frames) == labelled and heard == sum(frames) > 0
 
 
 @pytest.mark.parametrize("name, message, provisional", [("whisper raises", "encoder fell over", [0, 2]),

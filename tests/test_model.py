@@ -15,7 +15,8 @@ C = 4
 
 
 def model_cfg(**kw) -> config.Model:
-    base = dict(d_model=16, n_heads=2, shared_layers=1, private_layers=1, dropout=0.0, alignment="word", fusion="fdrl")
+    base = dict(d_model=16, n_heads=2, shared_layers=1, private_layers=1, dropout=0.0, alignment="word", fusion="fdrl",
+                speaker_norm=True, speaker_prior_frames=500.0)
     return config.Model(**{**base, **kw})
 
 

@@ -88,7 +88,8 @@ def test_matches_sentence_transformers(encoder: TextEncoder) -> None:
 def test_from_config(encoder: TextEncoder) -> None:
     cfg = config.load(overrides=["encoders.text_max_tokens=16"])
     enc = TextEncoder.from_config(cfg)
-    assert enc.max_tokens == 16 and enc.model_id.endswith(":max16")
+    assert enc.max_tokens == 16 and ":max16:" in enc.model_id
+    assert enc.model_id.split(":")[-2] == Path(cfg.encoders.text_tuned).name  # the tuned layers are part of its identity
 
 
 def test_local_folder_and_its_errors(tmp_path: Path) -> None:

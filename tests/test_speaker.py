@@ -1,0 +1,81 @@
+"""Speaker normalization: pooled moments, shrinkage toward the prior, offline and running statistics."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from fdrl.features import Sample
+from fdrl.speaker import Moments, RunningSpeaker, SpeakerNorm, standardize
+
+rng = np.random.default_rng(0)
+
+
+def frames(n: int, offset: float, scale: float = 1.0, dim: int = 3) -> np.ndarray:
+    return (offset + scale * rng.standard_normal((n, dim))).astype(np.float32)
+
+
+def test_pooled_moments_equal_the_moments_of_the_concatenation():
+    a, b = frames(4, 1.0), frames(9, -2.0, 3.0)
+    pooled = Moments.of(a) + Moments.of(b)
+    whole = np.concatenate([a, b]).astype(np.float64)
+    assert pooled.n == 13
+    np.testing.assert_allclose(pooled.mean, whole.mean(0), rtol=1e-12)
+    np.testing.assert_allclose(pooled.var, whole.var(0), rtol=1e-12)
+    empty = Moments.of(np.zeros((0, 3), np.float32))
+    assert (empty + Moments.of(a)).n == 4 and np.allclose((empty + Moments.of(a)).mean, a.mean(0))
+
+
+def test_the_prior_counts_as_prior_frames():
+    """Speaker mean 4, variance 1 over 10 frames; prior mean 0, variance 1 weighted as 10 frames:
+    pooled mean 2, pooled variance 1 + (4-2)^2 = 5 (hand-computed)."""
+    norm = SpeakerNorm(Moments(1000.0, np.zeros(1), np.ones(1)), prior_frames=10)
+    heard = Moments(10.0, np.full(1, 4.0), np.ones(1))
+    out = norm.standardize(np.array([[4.0]], np.float32), heard)
+    assert out[0, 0] == pytest.approx((4 - 2) / np.sqrt(5 + 1e-6))
+    # No prior weight: the speaker's own statistics alone.
+    alone = SpeakerNorm(norm.prior, prior_frames=0).standardize(np.array([[5.0]], np.float32), heard)
+    assert alone[0, 0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_apply_standardizes_each_speaker_by_its_own_frames():
+    samples = [Sample(0, "a", audio=frames(20, 5.0, 2.0)), Sample(1, "b", audio=frames(30, -3.0, 0.5)),
+               Sample(2, "a", audio=frames(25, 5.0, 2.0)), Sample(3, "", text=np.zeros((4, 3), np.float32)),
+               Sample(4, "", audio=frames(15, 9.0))]
+    norm = SpeakerNorm.fit(samples, prior_frames=0)
+    out = norm.apply(samples)
+    a = np.concatenate([out[0].audio, out[2].audio])
+    np.testing.assert_allclose(a.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(a.std(0), 1, atol=1e-4)
+    np.testing.assert_allclose(out[1].audio.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(out[4].audio.mean(0), 0, atol=1e-5)   # no speaker id: a speaker of its own
+    assert out[3] is samples[3]                                       # no audio: untouched
+    assert samples[0].audio.mean() > 4                                # the inputs are not modified
+    assert standardize(samples, None) == samples
+
+
+def test_fit_is_none_without_audio():
+    assert SpeakerNorm.fit([Sample(0, "", text=np.zeros((2, 3), np.float32))], 500) is None
+
+
+def test_running_speaker_matches_offline_once_everything_is_heard():
+    utterances = [frames(n, 2.0, 1.5) for n in (12, 30, 7)]
+    samples = [Sample(0, "s", audio=u) for u in utterances]
+    norm = SpeakerNorm(Moments.of(frames(200, 0.0)), prior_frames=50)
+    running = RunningSpeaker()
+    first = norm.standardize(utterances[0], running.heard_with(utterances[0]))
+    assert running.heard is None                         # heard_with does not count the utterance yet
+    np.testing.assert_allclose(first, norm.standardize(utterances[0], Moments.of(utterances[0])))
+    for u in utterances:
+        running.add(u)
+    offline = norm.apply(samples)
+    np.testing.assert_allclose(norm.standardize(utterances[1], running.heard), offline[1].audio, atol=1e-5)
+
+
+def test_round_trip_through_a_dict():
+    norm = SpeakerNorm(Moments.of(frames(50, 1.0)), prior_frames=123)
+    again = SpeakerNorm.from_dict(norm.to_dict())
+    assert again.prior_frames == 123 and again.prior.n == 50
+    np.testing.assert_allclose(again.prior.mean, norm.prior.mean)
+    assert dataclasses.asdict(again.prior).keys() == {"n", "mean", "var"}
