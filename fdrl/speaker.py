@@ -2,9 +2,10 @@
 
 Why: across unseen speakers, much of what separates utterances in Whisper's frame space is who
 speaks, not how they feel. Standardizing every dimension by the speaker's own mean and spread
-(speaker normalization, as in Busso et al., "Iterative feature normalization scheme for automatic
-emotion detection from speech", IEEE TAC 2013) is the largest single gain we measured on
-speaker-independent RAVDESS folds (models/README.md).
+(per-speaker z-normalization, a standard step in speech emotion recognition; Busso et al., "Iterative
+feature normalization scheme for automatic emotion detection from speech", IEEE TAC 2013, refine it
+with neutral-speech estimates) is the largest single gain we measured on speaker-independent
+RAVDESS folds (models/README.md).
 
 The statistics need no labels. Offline (`fdrl train`, `fdrl eval`) they come from all of a
 speaker's clips; live, from the utterances a session has heard so far, so a live speaker is

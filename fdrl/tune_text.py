@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 from torch import nn
 
 from fdrl import metrics
@@ -163,7 +163,7 @@ def save(path: Path, weights: dict[str, torch.Tensor], metadata: dict[str, str])
     """float16 safetensors (what `encoders.text_tuned` points at), written atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.half().contiguous() for k, v in weights.items()}, tmp, metadata=metadata)
+    tmp.write_bytes(safetensors_bytes({k: v.half().contiguous() for k, v in weights.items()}, metadata=metadata))
     tmp.replace(path)
 
 
