@@ -13,6 +13,7 @@ the word it came from, so the model can align text tokens with the audio of each
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -190,22 +191,30 @@ class TextEncoder:
         weights = {_rename(k): v for k, v in load_file(folder / "model.safetensors").items()
                    if k.startswith(("embeddings.", "encoder.")) and not k.endswith("position_ids")}  # no pooler
         self.net.load_state_dict(weights, strict=True)
-        tuned_key = tuned_id(tuned)  # first: a missing file is a clear error
+        self._tuned_key = tuned_id(tuned)  # first: a missing file is a clear error
         if tuned is not None:
             load_tuned(self.net, tuned)
         self.net.to(self.device).eval()
         self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
         self.tokenizer.no_padding()  # the file pads every text to 128; we pad per batch instead
         self.tokenizer.enable_truncation(max_tokens)
-        # Identity for feature caches: the exact weights (tuned layers included) and the truncation length.
-        self.model_id = f"all-MiniLM-L6-v2:{_sha256(folder / 'model.safetensors')[:12]}:max{max_tokens}" + (f":{tuned_key}" if tuned_key else "")
+        self._weights = folder / "model.safetensors"
+
+    @functools.cached_property
+    def model_id(self) -> str:
+        """The exact weights (tuned layers included) and truncation length. Computed on demand:
+        hashing the 90 MB weights took 62 ms, and loading for inference does not need it."""
+        tuned = f":{self._tuned_key}" if self._tuned_key else ""
+        return f"all-MiniLM-L6-v2:{_sha256(self._weights)[:12]}:max{self.max_tokens}{tuned}"
 
     @classmethod
     def from_config(cls, cfg: Config, device: str = "cpu") -> TextEncoder:
         return cls(cfg.encoders.text_model, device, cfg.encoders.text_max_tokens, tuned_path(cfg))
 
-    def encode(self, texts: Sequence[Sequence[str] | str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode(self, texts: Sequence[Sequence[str] | str], layers: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text: token states float32 [L, 384] (with [CLS] and [SEP]) and word ids int32 [L] (-1 = special).
+
+        `layers` stops after that many transformer layers (None: all; `fdrl tune-text` runs the frozen ones).
 
         Each text is a list of words; a plain string is split on whitespace.
         """
@@ -214,7 +223,7 @@ class TextEncoder:
         order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # similar lengths pad less
         for start in range(0, len(order), BATCH_SIZE):
             chunk = order[start:start + BATCH_SIZE]
-            states = self._forward([encodings[i].ids for i in chunk])
+            states = self._forward([encodings[i].ids for i in chunk], layers)
             for row, i in enumerate(chunk):
                 e = encodings[i]
                 word_ids = np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int32)
@@ -227,7 +236,7 @@ class TextEncoder:
         v = np.stack(pooled) if pooled else np.zeros((0, TEXT_DIM), np.float32)
         return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
-    def _forward(self, batch_ids: list[list[int]]) -> np.ndarray:
+    def _forward(self, batch_ids: list[list[int]], layers: int | None = None) -> np.ndarray:
         L = max(len(ids) for ids in batch_ids)
         ids = torch.zeros(len(batch_ids), L, dtype=torch.long)
         mask = torch.zeros(len(batch_ids), L, dtype=torch.bool)
@@ -235,5 +244,5 @@ class TextEncoder:
             ids[row, : len(seq)] = torch.tensor(seq)
             mask[row, : len(seq)] = True
         with torch.inference_mode():
-            states = self.net(ids.to(self.device), mask.to(self.device))
+            states = run_layers(self.net.layers[:layers], self.net.embed(ids.to(self.device)), mask.to(self.device))
         return states.float().cpu().numpy()

@@ -1,8 +1,9 @@
 """Training, speaker-independent cross-validation and the ablation study.
 
-Encoders are frozen here (MiniLM's tuned top layers come from `fdrl tune-text`, run before) and their
-outputs cached (fdrl.features), so training only fits the small FDRL head: a few minutes on two CPU cores. Validation never shares a speaker with training; its speakers
-are normalized by their own (unlabelled) audio, as `fdrl eval` and a live session do (fdrl.speaker).
+Encoders are frozen here (MiniLM's tuned top layers come from `fdrl tune-text`, run before) and
+their outputs cached (fdrl.features), so training only fits the small FDRL head: a few minutes on
+two CPU cores. Validation never shares a speaker with training; its speakers are normalized by
+their own (unlabelled) audio, as `fdrl eval` and a live session do (fdrl.speaker).
 """
 from __future__ import annotations
 

@@ -28,6 +28,7 @@ from torch import nn
 from fdrl import metrics
 from fdrl.config import Config
 from fdrl.errors import UserError
+from fdrl.losses import masked_mean
 from fdrl.text import TEXT_DIM, TextEncoder, run_layers
 
 
@@ -61,26 +62,14 @@ class Tokens:
 
 
 def frozen_states(encoder: TextEncoder, texts: Sequence[str], labels: Sequence[int], n_frozen: int,
-                  batch_size: int = 64, progress: Callable[[int], None] | None = None) -> Tokens:
-    """Run the bottom `n_frozen` layers once over `texts` (the same tokenization as `TextEncoder.encode`)."""
-    encodings = encoder.tokenizer.encode_batch([t.split() for t in texts], is_pretokenized=True)
-    states: list[np.ndarray] = [None] * len(texts)  # type: ignore[list-item]
-    order = sorted(range(len(texts)), key=lambda i: len(encodings[i].ids))
-    net = encoder.net
-    for start in range(0, len(order), batch_size):
-        chunk = order[start:start + batch_size]
-        L = max(len(encodings[i].ids) for i in chunk)
-        ids = torch.zeros(len(chunk), L, dtype=torch.long)
-        mask = torch.zeros(len(chunk), L, dtype=torch.bool)
-        for row, i in enumerate(chunk):
-            ids[row, : len(encodings[i].ids)] = torch.tensor(encodings[i].ids)
-            mask[row, : len(encodings[i].ids)] = True
-        with torch.inference_mode():
-            x = run_layers(net.layers[:n_frozen], net.embed(ids), mask)
-        for row, i in enumerate(chunk):
-            states[i] = x[row, : len(encodings[i].ids)].numpy().astype(np.float16)
+                  chunk: int = 4096, progress: Callable[[int], None] | None = None) -> Tokens:
+    """Run the bottom `n_frozen` layers once over `texts` (`TextEncoder.encode`'s tokenization), kept in fp16."""
+    states: list[np.ndarray] = []
+    for start in range(0, len(texts), chunk):
+        part = encoder.encode(texts[start:start + chunk], layers=n_frozen)
+        states += [s.astype(np.float16) for s, _ in part]
         if progress:
-            progress(len(chunk))
+            progress(len(part))
     return Tokens(states, np.asarray(labels, dtype=np.int64))
 
 
@@ -103,8 +92,7 @@ class _Head(nn.Module):
         self.fc = nn.Linear(TEXT_DIM, n_classes)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        m = mask.unsqueeze(-1).to(x.dtype)
-        return self.fc(self.drop((x * m).sum(1) / m.sum(1)))
+        return self.fc(self.drop(masked_mean(x, mask)))
 
 
 @torch.no_grad()
@@ -181,7 +169,6 @@ def tune_command(cfg: Config, goemotions: Path, out: Path, o: TuneOptions) -> di
     unknown = sorted({it.label for it in train_items + dev_items} - set(index))
     if unknown:
         raise UserError(f"GoEmotions labels {unknown} are not in labels.names {labels}: add them to config.toml")
-    torch.manual_seed(o.seed)
     encoder = TextEncoder(cfg.encoders.text_model, "cpu", cfg.encoders.text_max_tokens)  # the pretrained layers
     n_frozen = len(encoder.net.layers) - o.layers
     corpora = {}
