@@ -39,6 +39,7 @@ class Encoders:
     whisper_compute_type_cuda: str
     whisper_threads: int
     audio_frame_stride: int
+    prosody: bool
     text_model: str
     text_max_tokens: int
     text_tuned: str

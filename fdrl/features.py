@@ -6,9 +6,9 @@ of leading silence that a live segment never has; training on whole clips cost a
 accuracy through the pipeline). One Whisper encoder pass then gives both the transcript (with word
 timestamps) and the audio frames;
 the transcript's words are then encoded by MiniLM, and each word's tokens are tied to its audio
-frames (`word_spans`) for the fine-grained alignment. Results are cached under a key made of the
-file's content and the encoders' identity, so re-training never re-encodes and a changed encoder
-never reuses stale features.
+frames (`word_spans`) for the fine-grained alignment. Each encoder's output is cached under a key
+made of its input (file content, words) and its identity, so re-training never re-encodes, a
+changed encoder never reuses stale features, and tuning MiniLM does not re-run Whisper.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +26,7 @@ import numpy as np
 from fdrl.audio import SAMPLE_RATE, decode_audio
 from fdrl.config import Config
 from fdrl.data import Item
+from fdrl.prosody import PROSODY_ID, join, prosody
 from fdrl.text import tuned_id, tuned_path
 from fdrl.vad import Segment, Segmenter, VadOptions
 
@@ -37,7 +39,7 @@ class Sample:
 
     label: int                              # index into the label set; -1 when unknown
     speaker: str
-    audio: np.ndarray | None = None         # [T_a, 384] Whisper encoder frames (every stride-th)
+    audio: np.ndarray | None = None         # [T_a, 384 (+6)] Whisper encoder frames (every stride-th), prosody appended
     text: np.ndarray | None = None          # [T_t, 384] MiniLM token states, [CLS] ... [SEP]
     vision: np.ndarray | None = None        # [T_v, FACE_DIM] per-frame face features
     word_spans: np.ndarray | None = None    # [W, 4] int32 (audio_start, audio_end, token_start, token_end)
@@ -84,40 +86,39 @@ def _digest(*parts: bytes | str) -> str:
 
 
 class FeatureCache:
-    """Encoded utterances on disk, one .npz per item, keyed by content + encoder identity."""
+    """Encoder outputs on disk, one .npz per part and content, under `features/<part>/`.
 
-    def __init__(self, root: Path, encoder_key: str, audio_key: str) -> None:
-        self.root = root / "features" / encoder_key[:16]
-        self.encoder_key = encoder_key
-        self.audio_key = audio_key  # what shapes audio before the encoders (the VAD crop)
+    Each part is keyed by its own input and the identity of the encoder that made it, so changing
+    one encoder (tuning MiniLM, a new VAD crop) re-runs only that encoder.
+    """
 
-    def key(self, item: Item) -> str:
-        parts: list[bytes | str] = [self.encoder_key, item.text or "", f"{item.start}:{item.end}"]
-        if item.audio is not None:
-            parts.append(self.audio_key)
-        for path in (item.audio, item.video):
-            parts.append(hashlib.sha256(path.read_bytes()).hexdigest() if path else "")
-        return _digest(*parts)
+    def __init__(self, root: Path) -> None:
+        self.root = root / "features"
 
-    def _path(self, key: str) -> Path:
-        return self.root / key[:2] / f"{key}.npz"
+    def _path(self, part: str, key: str) -> Path:
+        return self.root / part / key[:2] / f"{key}.npz"
 
-    def get(self, key: str) -> dict | None:
-        path = self._path(key)
+    def get(self, part: str, key: str) -> dict[str, np.ndarray] | None:
+        path = self._path(part, key)
         if not path.is_file():
             return None
         try:
             with np.load(path, allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
-        except (OSError, ValueError, EOFError):
-            return None  # a torn write from an interrupted run: recompute
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+            return None  # damaged (a full disk, a crash mid-copy): recompute
 
-    def put(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        path = self._path(key)
+    def put(self, part: str, key: str, arrays: dict[str, np.ndarray]) -> None:
+        path = self._path(part, key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, **arrays)
         tmp.replace(path)  # atomic: readers never see half a file
+
+
+def _clip_key(identity: str, item: Item, path: Path, *extra: str) -> str:
+    """Cache key of what an encoder made of `path` over the item's time span."""
+    return _digest(identity, hashlib.sha256(path.read_bytes()).hexdigest(), f"{item.start}:{item.end}", *extra)
 
 
 class FeatureExtractor:
@@ -131,19 +132,20 @@ class FeatureExtractor:
         self._whisper = None
         self._text = None
         self._face = None
-        # The VAD crop keys audio items only, so a VAD setting change keeps text features cached. It is
-        # not part of `encoder_ids`: a checkpoint stays usable when a user tunes the live VAD.
-        audio_key = json.dumps({"vad_crop": dataclasses.asdict(self.vad)}, sort_keys=True)
-        self.cache = (FeatureCache(cfg.resolve(cfg.paths.cache_dir), _digest(json.dumps(self.encoder_ids, sort_keys=True)), audio_key)
-                      if cache else None)
+        self.cache = FeatureCache(cfg.resolve(cfg.paths.cache_dir)) if cache else None
 
     @property
     def encoder_ids(self) -> dict[str, object]:
-        """What a checkpoint must match: the identity of every encoder feeding the model."""
+        """What a checkpoint must match: the identity of every encoder feeding the model.
+
+        The VAD crop is not part of it (a checkpoint stays usable when a user tunes the live VAD);
+        it only keys the cached audio features.
+        """
         e = self.cfg.encoders
         return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}",
                 "text": f"{e.text_model}:{e.text_max_tokens}:{tuned_id(tuned_path(self.cfg))}",
-                "audio_frame_stride": e.audio_frame_stride, "face": Path(self.cfg.paths.face_weights).name}
+                "audio_frame_stride": e.audio_frame_stride, "prosody": PROSODY_ID if e.prosody else "off",
+                "face": Path(self.cfg.paths.face_weights).name}
 
     @property
     def whisper(self):
@@ -170,59 +172,109 @@ class FeatureExtractor:
                 progress: Callable[[int], None] | None = None) -> list[Sample]:
         """Encode `items` (cached), in input order. `progress(n)` is called as items complete."""
         index = {name: i for i, name in enumerate(labels)}
-        samples: list[Sample | None] = [None] * len(items)
-        todo: list[int] = []
-        keys: list[str | None] = [None] * len(items)
-        for i, item in enumerate(items):
-            if self.cache is not None:
-                keys[i] = self.cache.key(item)
-                hit = self.cache.get(keys[i])
-                if hit is not None:
-                    samples[i] = _to_sample(hit, index.get(item.label, -1), item.speaker)
-                    if progress:
-                        progress(1)
-                    continue
-            todo.append(i)
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            for i, arrays in zip(chunk, self.encode([items[i] for i in chunk])):
-                if self.cache is not None:
-                    self.cache.put(keys[i], arrays)
-                samples[i] = _to_sample(arrays, index.get(items[i].label, -1), items[i].speaker)
+        samples: list[Sample] = []
+        for start in range(0, len(items), batch_size):
+            chunk = items[start:start + batch_size]
+            samples += [_to_sample(arrays, index.get(it.label, -1), it.speaker)
+                        for it, arrays in zip(chunk, self.encode(chunk))]
             if progress:
                 progress(len(chunk))
-        return samples  # type: ignore[return-value]
+        return samples
 
     def encode(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
-        """Encode a batch of items: one Whisper pass per audio, one batched MiniLM call for all texts."""
+        """Encode a batch of items: one Whisper pass per audio, one batched MiniLM call for all texts.
+
+        An item's own `text` wins over the transcript; only transcribed words have times, so only
+        they are tied to audio frames (`word_spans`).
+        """
         out: list[dict[str, np.ndarray]] = [{} for _ in items]
-        words: list[list[str]] = [[] for _ in items]
-        times: list[list[tuple[float, float]] | None] = [None] * len(items)
         audio_idx = [i for i, it in enumerate(items) if it.audio is not None]
-        if audio_idx:
-            audios = [self.crop(decode_audio(items[i].audio, items[i].start, items[i].end)) for i in audio_idx]
-            need_asr = [items[i].text is None for i in audio_idx]
-            results = self.whisper.process(audios, transcribe=any(need_asr))
-            for i, asr, (frames, transcript) in zip(audio_idx, need_asr, results):
-                out[i]["audio"] = frames[:: self.stride].astype(np.float16)
-                if asr and transcript is not None:
-                    words[i] = [w.text.strip() for w in transcript.words]
-                    times[i] = [(w.start, w.end) for w in transcript.words]
-                    out[i]["transcript"] = np.array(transcript.text.strip())
-        for i, it in enumerate(items):
+        for i, part in zip(audio_idx, self._audio_parts([items[i] for i in audio_idx])):
+            out[i].update(part)
+        if self.cfg.encoders.prosody and audio_idx:
+            for i, part in zip(audio_idx, self._prosody_parts([items[i] for i in audio_idx])):
+                out[i]["audio"] = join(out[i]["audio"], part["prosody"])
+        words: list[list[str]] = []
+        for it, arrays in zip(items, out):
             if it.text is not None:
-                words[i] = it.text.split()
-                out[i]["transcript"] = np.array(it.text)
+                arrays["transcript"] = np.array(it.text)
+            words.append(it.text.split() if it.text is not None else [str(w) for w in arrays.pop("words", [])])
         with_text = [i for i in range(len(items)) if words[i]]
-        if with_text:
-            for i, (states, word_ids) in zip(with_text, self.text.encode([words[i] for i in with_text])):
-                out[i]["text"] = states.astype(np.float16)
-                if times[i] is not None and "audio" in out[i]:
-                    out[i]["word_spans"] = word_spans(times[i], word_ids, self.stride, len(out[i]["audio"]))
-        for i, it in enumerate(items):
-            if it.video is not None:
-                out[i].update(self.encode_video(it))
+        for i, part in zip(with_text, self._text_parts([words[i] for i in with_text])):
+            out[i]["text"] = part["text"]
+            times = out[i].pop("word_times", None)
+            if times is not None:
+                out[i]["word_spans"] = word_spans(times, part["word_ids"], self.stride, len(out[i]["audio"]))
+        video_idx = [i for i, it in enumerate(items) if it.video is not None]
+        for i, part in zip(video_idx, self._video_parts([items[i] for i in video_idx])):
+            out[i].update(part)
+        for arrays in out:
+            arrays.pop("word_times", None)
         return out
+
+    def _cached(self, part: str, n: int, key: Callable[[int], str],
+                compute: Callable[[list[int]], list[dict[str, np.ndarray]]]) -> list[dict[str, np.ndarray]]:
+        """`n` results of one part: cache hits as they are, the misses computed in one call and stored."""
+        keys = [key(i) for i in range(n)] if self.cache is not None else []
+        found = [self.cache.get(part, k) for k in keys] if self.cache is not None else [None] * n
+        misses = [i for i, hit in enumerate(found) if hit is None]
+        for i, arrays in zip(misses, compute(misses) if misses else []):
+            found[i] = arrays
+            if self.cache is not None:
+                self.cache.put(part, keys[i], arrays)
+        return found  # type: ignore[return-value]
+
+    def _audio_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
+        """Whisper frames (every stride-th) of the VAD-cropped speech, plus the transcript and word
+        times for items without their own text."""
+        identity = json.dumps({"whisper": self.encoder_ids["whisper"], "stride": self.stride,
+                               "vad_crop": dataclasses.asdict(self.vad)}, sort_keys=True)
+
+        def key(i: int) -> str:
+            return _clip_key(identity, items[i], items[i].audio, "asr" if items[i].text is None else "")
+
+        def compute(idx: list[int]) -> list[dict[str, np.ndarray]]:
+            audios = [self.speech(items[i]) for i in idx]
+            need_asr = [items[i].text is None for i in idx]
+            parts = []
+            for asr, (frames, transcript) in zip(need_asr, self.whisper.process(audios, transcribe=any(need_asr))):
+                arrays = {"audio": frames[:: self.stride].astype(np.float16)}
+                if asr and transcript is not None:
+                    arrays |= {"transcript": np.array(transcript.text.strip()),
+                               "words": np.array([w.text.strip() for w in transcript.words], dtype=str),
+                               "word_times": np.array([(w.start, w.end) for w in transcript.words],
+                                                      dtype=np.float64).reshape(-1, 2)}
+                parts.append(arrays)
+            return parts
+
+        return self._cached("audio", len(items), key, compute)
+
+    def _prosody_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
+        """Prosody rows of the same VAD-cropped speech, on the audio frames' grid (kept apart from
+        Whisper's part, so switching `encoders.prosody` never re-runs Whisper)."""
+        identity = json.dumps({"prosody": PROSODY_ID, "stride": self.stride, "vad_crop": dataclasses.asdict(self.vad)},
+                              sort_keys=True)
+        return self._cached(
+            "prosody", len(items), lambda i: _clip_key(identity, items[i], items[i].audio),
+            lambda idx: [{"prosody": prosody(self.speech(items[i]))[:: self.stride].astype(np.float16)} for i in idx])
+
+    def _text_parts(self, words: Sequence[list[str]]) -> list[dict[str, np.ndarray]]:
+        """MiniLM token states of each word sequence, with each token's source word."""
+        identity = self.encoder_ids["text"]
+        return self._cached(
+            "text", len(words), lambda i: _digest(str(identity), json.dumps(words[i])),
+            lambda idx: [{"text": states.astype(np.float16), "word_ids": word_ids}
+                         for states, word_ids in self.text.encode([words[i] for i in idx])])
+
+    def _video_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
+        identity = json.dumps({"face": self.encoder_ids["face"], **dataclasses.asdict(self.cfg.face)}, sort_keys=True)
+        return self._cached(
+            "video", len(items), lambda i: _clip_key(identity, items[i], items[i].video),
+            lambda idx: [self.encode_video(items[i]) for i in idx])
+
+    def speech(self, item: Item) -> np.ndarray:
+        """The item's audio (its time span), cropped to the speech."""
+        return self.crop(decode_audio(item.audio, item.start, item.end))
 
     def crop(self, audio: np.ndarray) -> np.ndarray:
         """The speech part of a clip, as the live VAD would cut it; the whole clip if VAD hears none."""

@@ -66,11 +66,12 @@ from fdrl import config
 from fdrl import losses as L
 from fdrl.errors import UserError
 from fdrl.losses import masked_mean, masked_softmax
+from fdrl.prosody import PROSODY_DIM
 
 MODALITIES = ("audio", "text", "vision")
 SPACES = ("shared", "private")
 FACE_DIM = 135                       # = fdrl.face.FACE_DIM (128-d features + 7 posteriors); not imported: the model needs no OpenCV
-DEFAULT_DIMS = {"audio": 384, "text": 384, "vision": FACE_DIM}
+DEFAULT_DIMS = {"audio": 384 + PROSODY_DIM, "text": 384, "vision": FACE_DIM}  # config.toml's encoders
 MLP_RATIO = 4                        # encoder MLP width = MLP_RATIO * d_model
 INIT_STD = 0.02
 
@@ -83,7 +84,7 @@ class SampleLike(Protocol):
     """What `collate` reads from a sample (`fdrl.features.Sample` satisfies it)."""
 
     label: int
-    audio: np.ndarray | None          # [T_a, 384]
+    audio: np.ndarray | None          # [T_a, D_a] (Whisper 384 + prosody 6)
     text: np.ndarray | None           # [T_t, 384]
     vision: np.ndarray | None         # [T_v, D_v]
     word_spans: np.ndarray | None     # [W, 4] (audio_start, audio_end, text_start, text_end)

@@ -216,7 +216,7 @@ class Corpora:
 
 
 def train_command(cfg: Config, corpora: Corpora, out: Path, cv: bool = False, ablation: bool = False,
-                  seeds: int = 3, report: Path | None = None) -> dict:
+                  seeds: int | None = None, report: Path | None = None) -> dict:
     """Encode the corpora (cached), optionally cross-validate and ablate, then fit and save the final model."""
     from fdrl import checkpoint as ckpt_mod
     from fdrl import data
@@ -246,6 +246,8 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: bool = False, ab
         raise UserError(f"training labels {unknown} are not in labels.names {labels}: add them to config.toml")
     if not speech and not text:
         raise UserError("nothing to train on: pass --ravdess, --goemotions, --iemocap or --manifest")
+    if seeds is not None and (seeds < 1 or not (cv or ablation)):
+        raise UserError(f"--seeds {seeds}: give a count of at least 1, together with --cv or --ablation")
 
     extractor = FeatureExtractor(cfg, resolve_device(cfg.runtime.device))
     items = speech + text + dev
@@ -259,7 +261,7 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: bool = False, ab
         # IEMOCAP: leave-one-session-out (speaker ids start with 'SesNN'); otherwise speaker-independent k-fold.
         folds = (data.speaker_folds(speech, 5, cfg.train.seed, group_of=lambda it: it.speaker[:5]) if iemocap
                  else data.speaker_folds(speech, cfg.train.folds, cfg.train.seed))
-    seed_list = [cfg.train.seed + k for k in range(seeds if ablation else 1)]
+    seed_list = [cfg.train.seed + k for k in range(seeds or (3 if ablation else 1))]
     table = {}
     for name, changes in variants.items():
         vcfg = variant_config(cfg, changes)

@@ -4,8 +4,10 @@ Pools each RAVDESS clip's Whisper frames (mean and standard deviation per dimens
 class-balanced logistic regression on the training speakers of the same 5 speaker-independent folds
 as `fdrl train --cv`, and prints the mean UAR over folds for: raw frames; frames standardized by
 each speaker's statistics from all their clips; and from only k random clips of the speaker (plus
-the clip itself), pooled with the population prior as in the live pipeline. The figures in
-models/README.md come from it. Needs the feature cache (`fdrl train` fills it); about a minute:
+the clip itself), pooled with the population prior as in the live pipeline; then the prosody
+frames (fdrl/prosody.py) alone and appended to Whisper's, normalized by all of the speaker's
+clips. The figures in models/README.md and fdrl/prosody.py come from it. Needs the feature cache
+(`fdrl train` fills it); about two minutes:
 
     .venv/bin/python scripts/speaker_probe.py ../shared/data/ravdess
 """
@@ -19,6 +21,7 @@ import torch
 
 from fdrl import config, data, metrics
 from fdrl.features import FeatureExtractor, Sample
+from fdrl.prosody import PROSODY_DIM
 from fdrl.speaker import Moments, SpeakerNorm
 
 
@@ -75,11 +78,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.manual_seed(args.seed)
-    cfg = config.load()
+    cfg = config.load(overrides=["encoders.prosody=false"])  # Whisper's frames alone; prosody rows at the end
     labels = list(cfg.labels.names)
     items = data.load_ravdess(args.ravdess)
     samples = FeatureExtractor(cfg).extract(items, labels)
-    for s in samples:
+    with_prosody = FeatureExtractor(config.load(overrides=["encoders.prosody=true"])).extract(items, labels)
+    for s in samples + with_prosody:
         s.audio = s.audio.astype(np.float32)
     y = np.array([s.label for s in samples])
     folds = data.speaker_folds(items, cfg.train.folds, cfg.train.seed)
@@ -92,6 +96,9 @@ def main() -> None:
         rows.append((f"{k} random clips + prior", normalized(samples, population, k, np.random.default_rng(args.seed))))
     rows.append(("20 random clips, no prior", normalized(samples, no_prior, 20, np.random.default_rng(args.seed))))
     rows.append(("20 clips half neutral, no prior", normalized(samples, no_prior, 20, np.random.default_rng(args.seed), True)))
+    both = normalized(with_prosody, SpeakerNorm.fit(with_prosody, 0), None, np.random.default_rng(args.seed))
+    rows.append(("prosody alone, all clips, no prior", [f[:, -PROSODY_DIM:] for f in both]))
+    rows.append(("Whisper + prosody, all clips, no prior", both))
     for name, frames in rows:
         print(f"{name:40s} UAR {probe_uar(pooled(frames), y, folds, len(labels)):.1f}%", flush=True)
 

@@ -34,7 +34,7 @@ def cmd_tune_text(args: argparse.Namespace) -> int:
     from fdrl.tune_text import TuneOptions, tune_command
     cfg = _config(args)
     out = args.out or cfg.resolve(cfg.encoders.text_tuned or "models/minilm-goemotions.safetensors")
-    options = TuneOptions(layers=args.layers, epochs=args.epochs, seed=args.seed)
+    options = TuneOptions(layers=args.layers, epochs=args.epochs, balanced=args.balanced, seed=args.seed)
     result = tune_command(cfg, args.goemotions, out, options)
     print(json.dumps(result) if args.json else f"saved {out}")
     return 0
@@ -189,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--cv", action="store_true", help="report speaker-independent cross-validation before the final fit")
     p.add_argument("--ablation", action="store_true", help="CV of FDRL, each component removed, and the concat baseline")
-    p.add_argument("--seeds", type=int, default=3, help="seeds per ablation variant (default 3)")
+    p.add_argument("--seeds", type=int, help="seeds per CV run (default: 3 with --ablation, 1 with --cv)")
     p.add_argument("--report", type=Path, help="write the full results as JSON here")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_train)
@@ -199,6 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="safetensors file to write (default: encoders.text_tuned)")
     p.add_argument("--layers", type=int, default=2, help="top layers to tune, 1-6 (default 2)")
     p.add_argument("--epochs", type=int, default=3, help="epochs (default 3)")
+    p.add_argument("--balanced", action="store_true", help="class-balanced cross-entropy (default: plain)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print the per-epoch results as JSON")
     p.set_defaults(func=cmd_tune_text)

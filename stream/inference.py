@@ -28,6 +28,7 @@ from fdrl import checkpoint as ckpt_mod
 from fdrl.config import Config
 from fdrl.evaluate import late_fusion, resolve_device
 from fdrl.features import FeatureExtractor, Sample, word_spans
+from fdrl.prosody import join, prosody
 from fdrl.speaker import Moments, RunningSpeaker
 from fdrl.train import predict_proba
 from fdrl.whisper import Transcript
@@ -90,13 +91,20 @@ class Engine:
         """Run one utterance of noise end to end, so the first real one pays no lazy initialisation."""
         noise = (0.01 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
         req = Request(noise)
-        encoded = self.encode([req])
-        self.classify([Sample(-1, "", audio=self.standardize(encoded[0][0], None))])
+        [audio] = self.audio_frames([req], self.encode([req]))
+        self.classify([Sample(-1, "", audio=self.standardize(audio, None))])
         if self.text is not None:
             self.text.encode([["warm", "up"]])
 
     def encode(self, requests: list[Request]):
         return self.whisper.encode_shared([r.audio for r in requests])
+
+    def audio_frames(self, requests: list[Request], encoded) -> list[np.ndarray]:
+        """The model's audio input from `encode`'s output: every stride-th frame, prosody appended."""
+        audio = [frames[:: self.stride].astype(np.float32) for frames, _ in encoded]
+        if self.cfg.encoders.prosody:
+            audio = [join(a, prosody(r.audio)[:: self.stride]) for a, r in zip(audio, requests)]
+        return audio
 
     @torch.inference_mode()
     def classify(self, samples: list[Sample]) -> np.ndarray:
@@ -133,8 +141,8 @@ class Engine:
     def _run_batch(self, batch: list[Request], publish) -> None:
         t0 = time.perf_counter()
         encoded = self.encode(batch)
+        audio = self.audio_frames(batch, encoded)
         t_enc = time.perf_counter() - t0
-        audio = [frames[:: self.stride].astype(np.float32) for frames, _ in encoded]
         with_vision = "vision" in self.ckpt.dims
         samples = [Sample(-1, "", audio=self.standardize(a, r.speaker), vision=r.vision if with_vision else None, face_posterior=r.face_posterior)
                    for a, r in zip(audio, batch)]

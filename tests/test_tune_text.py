@@ -70,6 +70,20 @@ def test_tune_returns_weights_under_the_networks_names(encoder):
     assert set(weights) <= set(encoder.net.state_dict())
 
 
+@pytest.mark.parametrize("balanced", [False, True])
+def test_class_weights_only_when_asked(encoder, monkeypatch, balanced):
+    seen: list[torch.Tensor | None] = []
+    real = torch.nn.functional.cross_entropy
+    monkeypatch.setattr("fdrl.tune_text.F.cross_entropy",
+                        lambda logits, y, weight=None: seen.append(weight) or real(logits, y, weight=weight))
+    tokens = frozen_states(encoder, JOY + ANGER[:2], [1] * 6 + [0] * 2, n_frozen=5)  # 6 joy, 2 anger
+    tune(encoder, tokens, 2, TuneOptions(layers=1, epochs=1, batch_size=8, balanced=balanced))
+    if balanced:
+        assert torch.allclose(seen[0], torch.tensor([8 / (2 * 2), 8 / (2 * 6)]))  # n / (C * count)
+    else:
+        assert seen == [None]
+
+
 def test_bad_tuning_files_are_one_line_errors(tmp_path):
     with pytest.raises(UserError, match="text tuning file not found: .*fdrl tune-text"):
         TextEncoder(tuned=tmp_path / "missing.safetensors")

@@ -1,0 +1,76 @@
+"""The feature cache: a second pass runs no encoder, and changing one encoder re-runs only that one."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fdrl import config
+from fdrl.data import load_manifest
+from fdrl.features import FeatureExtractor
+from fdrl.prosody import PROSODY_DIM
+
+
+LABELS = ["neutral", "happiness", "sadness", "anger"]
+
+
+@pytest.fixture(scope="module")
+def items(mini_corpus):
+    both = load_manifest(mini_corpus / "manifest.jsonl", LABELS)
+    return [it for it in both if it.audio is not None][:2] + [it for it in both if it.audio is None][:2]
+
+
+def _extractor(tmp_path, *overrides: str) -> FeatureExtractor:
+    return FeatureExtractor(config.load(overrides=[f"paths.cache_dir='{tmp_path}'", *overrides]))
+
+
+def _forbid(monkeypatch, extractor: FeatureExtractor, *encoders: str) -> None:
+    for name in encoders:
+        monkeypatch.setattr(extractor, f"_{name}", None)
+        monkeypatch.setattr(type(extractor), name, property(lambda self, n=name: pytest.fail(f"{n} ran again")))
+
+
+def test_second_pass_is_served_from_the_cache(items, tmp_path, monkeypatch):
+    first = _extractor(tmp_path).extract(items, LABELS)
+    assert first[0].audio is not None and first[0].word_spans is not None and len(first[0].word_spans) > 0
+    assert first[2].audio is None and first[2].text is not None
+    again = _extractor(tmp_path)
+    _forbid(monkeypatch, again, "whisper", "text")
+    for a, b in zip(first, again.extract(items, LABELS)):
+        assert a.transcript == b.transcript and a.label == b.label
+        for name in ("audio", "text", "word_spans"):
+            x, y = getattr(a, name), getattr(b, name)
+            assert (x is None and y is None) or np.array_equal(x, y)
+
+
+def test_a_new_text_encoder_reuses_the_cached_audio(items, tmp_path, monkeypatch):
+    first = _extractor(tmp_path).extract(items[:1], LABELS)[0]
+    other = _extractor(tmp_path, "encoders.text_max_tokens=48")  # another text identity
+    assert other.encoder_ids["text"] != _extractor(tmp_path).encoder_ids["text"]
+    _forbid(monkeypatch, other, "whisper")
+    again = other.extract(items[:1], LABELS)[0]
+    assert np.array_equal(first.audio, again.audio) and first.transcript == again.transcript
+    assert np.array_equal(first.word_spans, again.word_spans)
+
+
+def test_a_torn_cache_file_is_recomputed(items, tmp_path):
+    text_item = items[2]
+    _extractor(tmp_path).extract([text_item], LABELS)
+    [torn] = list((tmp_path / "features" / "text").rglob("*.npz"))
+    torn.write_bytes(b"PK\x03\x04 torn")
+    [sample] = _extractor(tmp_path).extract([text_item], LABELS)
+    assert sample.text is not None and torn.stat().st_size > 100
+
+
+def test_the_live_engine_sees_the_audio_features_training_sees(items, tiny_checkpoint):
+    """Same speech in, same model input out: Whisper frames (thinned) with their prosody rows."""
+    from fdrl.audio import decode_audio
+    from stream.inference import Engine, Request
+
+    cfg = config.load()
+    offline = FeatureExtractor(cfg, cache=False)
+    [arrays] = offline.encode(items[:1])
+    engine = Engine(cfg, tiny_checkpoint, device="cpu")
+    request = Request(offline.crop(decode_audio(items[0].audio)))  # what the live VAD hands over
+    [live] = engine.audio_frames([request], engine.encode([request]))
+    assert live.shape == arrays["audio"].shape and live.shape[1] == 384 + PROSODY_DIM
+    np.testing.assert_allclose(live, arrays["audio"].astype(np.float32), rtol=2e-3, atol=2e-3)  # cached as float16
