@@ -20,7 +20,7 @@ import numpy as np
 from fdrl.audio import SAMPLE_RATE
 
 HOP = 320                 # 20 ms: Whisper's encoder frame rate
-WINDOW = 640              # 40 ms: two periods of a 50 Hz voice
+WINDOW = 640              # 40 ms: over two periods of the lowest pitch searched (60 Hz)
 F0_MIN, F0_MAX = 60.0, 450.0
 VOICING = 0.5             # normalized autocorrelation peak above which a frame is voiced
 SILENCE_DB = 40.0         # frames this far below the loudest one are never voiced
