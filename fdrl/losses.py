@@ -12,8 +12,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
+    """'Balanced' weights (n / (C * count)), so rare classes count as much as frequent ones (UAR).
+    Unknown labels (-1) are not counted; an absent class weighs 0."""
+    counts = np.bincount(y[y >= 0], minlength=n_classes).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32)
 
 
 def masked_softmax(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fdrl import metrics
+from fdrl.losses import class_weights
 from fdrl.config import Config
 from fdrl.features import Sample
 from fdrl.model import FDRL, Batch, collate
@@ -33,13 +34,6 @@ def input_dims(samples: Sequence[Sample]) -> dict[str, int]:
             if x is not None:
                 dims[m] = x.shape[-1]
     return dims
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
-    """'Balanced' weights (n / (C * count)), so rare classes count as much as frequent ones (UAR)."""
-    counts = np.bincount(y[y >= 0], minlength=n_classes).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
-    return torch.tensor(w, dtype=torch.float32)
 
 
 def _present(s: Sample) -> tuple[bool, bool, bool]:

@@ -31,9 +31,8 @@ from torch import nn
 from fdrl import metrics
 from fdrl.config import Config
 from fdrl.errors import UserError
-from fdrl.losses import masked_mean
+from fdrl.losses import class_weights, masked_mean
 from fdrl.text import TEXT_DIM, TextEncoder, run_layers
-from fdrl.train import class_weights
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """Each loss against values worked out by hand on tiny tensors, plus float64 gradchecks."""
 import math
 
+import numpy as np
 import pytest
 import torch
 from torch.autograd import gradcheck
@@ -47,6 +48,12 @@ def test_task_loss_ignores_unknown_labels():
     want = (math.log(2) + math.log(1 + math.exp(-2))) / 2
     assert L.task_loss(logits, y).item() == pytest.approx(want)
     assert L.task_loss(logits, torch.full((3,), -1)).item() == 0.0
+
+
+def test_balanced_class_weights_by_hand():
+    # counts [3, 1, 0] of 4 known labels: 4 / (3 * 3), 4 / (3 * 1), and 0 for the absent class
+    w = L.class_weights(np.array([0, 0, 0, 1, -1]), 3)
+    assert torch.allclose(w, torch.tensor([4 / 9, 4 / 3, 0.0]))
 
 
 def test_task_loss_class_weights():
