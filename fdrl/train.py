@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 from fdrl import metrics
-from fdrl.losses import class_weights
 from fdrl.config import Config
 from fdrl.features import Sample
+from fdrl.losses import class_weights
 from fdrl.model import FDRL, Batch, collate
 from fdrl.speaker import SpeakerNorm, standardize
 
