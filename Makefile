@@ -2,10 +2,12 @@
 # and `make test` (set up, then run the test suite). Everything else is a dependency of those.
 #
 # FDRL_TORCH picks the torch requirement. The default takes the normal wheel from PyPI (CUDA
-# build on Linux); CI sets FDRL_TORCH="torch==2.13.0" to use the local CPU build.
+# build on Linux); FDRL_TORCH="torch==2.13.0" takes the local CPU build. VENV picks the virtual
+# environment, so both torch builds can live side by side, as CI runs them (.ci/run):
+# `FDRL_TORCH="torch==2.13.0" make test`, then `VENV=.venv-cuda make test`.
 PYTHON ?= python3
 FDRL_TORCH ?= torch
-VENV := .venv
+VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SYSTEM_PACKAGES := libportaudio2 libjemalloc2 espeak-ng

@@ -82,10 +82,9 @@ from fdrl.audio import SAMPLE_RATE, decode_audio, write_wav
 from fdrl.config import PROJECT_ROOT, Config
 from fdrl.errors import UserError
 from fdrl.face import FaceAnalyzer, crop_like_fer, pad_like_fer
-from fdrl.features import Sample
+from fdrl.inputs import Sample
 from fdrl.model import FDRL
-from fdrl.train import cpu_bf16, predict_proba
-from fdrl.vad import VadOptions
+from fdrl.predict import cpu_bf16, predict_proba
 from stream.events import Error, FaceUpdate, Stats, Utterance
 from stream.inference import Engine
 from stream.pipeline import Recognizer
@@ -381,7 +380,7 @@ def make_speech(seconds: float, cache_dir: Path) -> TestAudio:
 def utterance_clips(audio: TestAudio, cfg: Config) -> list[np.ndarray]:
     """Each sentence cut out as the VAD would cut it: with its pre-roll before and a short tail after."""
     samples = decode_audio(audio.path)
-    before, after = cfg.vad.preroll_ms / 1000, VadOptions().tail_ms / 1000
+    before, after = cfg.vad.preroll_ms / 1000, cfg.vad.tail_ms / 1000
     return [samples[max(0, round((s - before) * SAMPLE_RATE)):round((e + after) * SAMPLE_RATE)] for s, e in audio.spans]
 
 

@@ -1,13 +1,14 @@
 """Audio in one shape: float32 mono at 16 kHz, whatever the source.
 
-`decode_audio` reads any file PyAV (FFmpeg) can open, including the sound track of a video. The
-live microphone path delivers numpy chunks at the device's rate; `to_mono` and `Resampler` bring
-those to the same shape. The int16 helpers exist because webrtcvad and WAV files speak 16-bit PCM.
+`iter_audio` reads any file PyAV (FFmpeg) can open, including the sound track of a video, block by
+block; `decode_audio` is all of it at once. The live microphone path delivers numpy chunks at the
+device's rate; `Resampler` brings those to the same shape through the same conversion (`ToMono16k`). The int16 helpers exist because webrtcvad and WAV files speak 16-bit PCM.
 """
 from __future__ import annotations
 
 import math
 import wave
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -16,6 +17,7 @@ import numpy as np
 from fdrl.errors import UserError
 
 SAMPLE_RATE = 16000
+MIN_SPEECH_SAMPLES = SAMPLE_RATE // 10  # shorter audio holds no word and no emotion to label
 
 CONVERT_HINT = "convert it to WAV or FLAC, or pass another file"
 
@@ -32,69 +34,124 @@ def check_finite(samples: np.ndarray, path: Path | str) -> None:
                         "re-export it as 16-bit WAV or FLAC)")
 
 
+def check_input_file(path: Path, what: str = "audio file") -> None:
+    """A UserError unless `path` is an existing regular file: a folder, a pipe or a device is named as such."""
+    if not path.exists():
+        raise UserError(f"{what} not found: {path} (check the path)")
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not a file (pass the {what} inside it)")
+    if not path.is_file():
+        raise UserError(f"{path} is a pipe or device, not a regular file (save the stream to a file first)")
+
+
 def decode_audio(path: str | Path, start: float | None = None, end: float | None = None) -> np.ndarray:
     """Decode the first audio track of `path` to float32 mono at 16 kHz, optionally cut to [start, end) seconds.
 
-    Channels are averaged (FFmpeg's own downmix weights them by 1/sqrt(2), which can exceed 1.0).
     The file is decoded from its beginning and decoding stops once `end` is reached: exact, and
     cheap for segments of a long recording. Every failure a user can cause is a `UserError`.
     """
     path = Path(path)
-    if start is not None and start < 0:
-        raise UserError(f"start={start} for {path} is negative (use seconds from the start of the file)")
+    if start is not None and not (math.isfinite(start) and start >= 0):
+        raise UserError(f"start={start} for {path} is not a time (use seconds from the start of the file)")
+    if end is not None and not math.isfinite(end):
+        raise UserError(f"end={end} for {path} is not a time (use seconds from the start of the file)")
     if start is not None and end is not None and end <= start:
         raise UserError(f"end={end} is not after start={start} for {path} (give an end later than the start)")
-    if not path.exists():
-        raise UserError(f"audio file not found: {path} (check the path)")
-    if not path.is_file():
-        raise UserError(f"{path} is not a file (pass an audio or video file)")
-
     first = 0 if start is None else round(start * SAMPLE_RATE)
     last = None if end is None else round(end * SAMPLE_RATE)
-    try:
-        audio = _decode(path, stop_after=last)
-    except (av.FFmpegError, OSError) as e:
-        reason = getattr(e, "strerror", None) or str(e)
-        raise UserError(f"cannot decode {path}: {reason} (unreadable, corrupt or unsupported; {CONVERT_HINT})") from None
+    blocks: list[np.ndarray] = []
+    total = 0
+    for block in iter_audio(path):
+        blocks.append(block)
+        total += block.size
+        if last is not None and total >= last:
+            break
+    audio = np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
     if audio.size == 0:
         raise no_samples(path)
-    check_finite(audio, path)
     if first >= audio.size:
         raise UserError(f"start={start}s is beyond the end of {path} ({audio.size / SAMPLE_RATE:.2f}s long)")
     return audio[first:last]
 
 
-def _decode(path: Path, stop_after: int | None) -> np.ndarray:
-    """All samples of the first audio stream (or the first `stop_after` and a little more)."""
-    with av.open(str(path), metadata_errors="ignore") as container:
+def iter_audio(path: str | Path) -> Iterator[np.ndarray]:
+    """The first audio track of `path` as float32 mono 16 kHz blocks, decoded lazily (constant memory).
+
+    The one decoder of the project: `decode_audio` (training, eval) and the file source (replay)
+    both read through it. Fails with a UserError for a file that is not media, has no audio track,
+    is corrupt, or holds NaN or infinite samples (they would reach every score).
+    """
+    path = Path(path)
+    check_input_file(path)
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except (av.FFmpegError, OSError) as e:
+        raise _undecodable(path, e) from None
+    with container:
         if not container.streams.audio:
             raise UserError(f"{path} has no audio track (use a file with sound)")
-        stream = container.streams.audio[0]
-        # Keep the channel layout here and average below; only format and rate are converted.
-        resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
-        chunks: list[np.ndarray] = []
-        total = 0  # samples in chunks (a resampler change mid-stream may add a few uncounted: harmless)
-        setup = None
-        for frame in container.decode(stream):
-            # A stream may change rate or layout midway; PyAV's resampler is fixed at its first frame.
-            if setup is not None and setup != (frame.format.name, frame.layout.name, frame.sample_rate):
-                chunks += _mono(resampler.resample(None))
-                resampler = av.AudioResampler(format="fltp", rate=SAMPLE_RATE)
-            setup = (frame.format.name, frame.layout.name, frame.sample_rate)
-            new = _mono(resampler.resample(frame))
-            chunks += new
-            total += sum(c.size for c in new)
-            if stop_after is not None and total >= stop_after:
-                break
-        else:  # the whole stream was read: drain the resampler
-            chunks += _mono(resampler.resample(None))
-    if not chunks:
-        return np.zeros(0, np.float32)
-    return np.concatenate(chunks).astype(np.float32, copy=False)
+        to16k = ToMono16k()
+        try:
+            for frame in container.decode(container.streams.audio[0]):
+                yield from _finite(to16k.frame(frame), path)
+            yield from _finite(to16k.flush(), path)
+        except (av.FFmpegError, OSError) as e:
+            raise _undecodable(path, e) from None
+
+
+def _undecodable(path: Path, e: Exception) -> UserError:
+    reason = getattr(e, "strerror", None) or str(e)
+    return UserError(f"cannot decode {path}: {reason} (unreadable, corrupt or truncated, or unsupported; {CONVERT_HINT})")
+
+
+def _finite(blocks: list[np.ndarray], path: Path) -> list[np.ndarray]:
+    for block in blocks:
+        check_finite(block, path)
+    return blocks
+
+
+class ToMono16k:
+    """Streaming conversion of audio frames, at any rate, layout and sample format, to float32 mono 16 kHz.
+
+    FFmpeg's resampler (through PyAV) converts each channel to packed float at 16 kHz; channels
+    are then averaged here (FFmpeg's own downmix weights them by 1/sqrt(2) and can exceed 1.0).
+    Packed output is one plane whatever the channel count, which keeps PyAV away from its
+    per-plane copy (it crashes on planar frames of eight or more channels). A stream may change
+    rate, layout or format midway; the resampler is fixed at its first frame, so a change drains
+    it and starts a new one. Files and the microphone go through this same conversion.
+    """
+
+    def __init__(self) -> None:
+        self._resampler: av.AudioResampler | None = None
+        self._setup: tuple[str, str, int] | None = None
+
+    def frame(self, frame: av.AudioFrame) -> list[np.ndarray]:
+        """The 16 kHz mono samples that `frame` completes (the resampler holds back a few)."""
+        setup = (frame.format.name, frame.layout.name, frame.sample_rate)
+        out = []
+        if setup != self._setup:
+            out = self.flush()
+            self._resampler, self._setup = av.AudioResampler(format="flt", rate=SAMPLE_RATE), setup
+        return out + _mono(self._resampler.resample(frame))  # type: ignore[union-attr]
+
+    def block(self, samples: np.ndarray, rate: int) -> list[np.ndarray]:
+        """The same for a numpy block, [n] or [n, channels] (sounddevice's layout), at `rate` Hz."""
+        mono = to_mono(samples)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(mono)[None, :], format="flt", layout="mono")
+        frame.sample_rate = int(rate)
+        return self.frame(frame)
+
+    def flush(self) -> list[np.ndarray]:
+        """End of stream (or of one setup): the samples the resampler still holds."""
+        if self._resampler is None:
+            return []
+        out = _mono(self._resampler.resample(None))
+        self._resampler = self._setup = None
+        return out
 
 
 def _mono(frames: list[av.AudioFrame]) -> list[np.ndarray]:
-    return [frame.to_ndarray().mean(axis=0, dtype=np.float32) for frame in frames]
+    return [frame.to_ndarray().reshape(-1, frame.layout.nb_channels).mean(axis=1, dtype=np.float32) for frame in frames]
 
 
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = SAMPLE_RATE) -> None:
@@ -123,90 +180,45 @@ def to_mono(chunk: np.ndarray) -> np.ndarray:
     return chunk.mean(axis=1, dtype=np.float32) if chunk.ndim == 2 else chunk
 
 
-# Windowed-sinc band-limited interpolation (Smith's method, as in libsamplerate and resampy).
-# Why not linear interpolation: going down from 44.1/48 kHz, content above 8 kHz would alias into
-# the speech band. Each output sample is a Kaiser-windowed sinc of the neighbouring inputs, with the
-# cut-off at 94 % of the lower Nyquist frequency: about -80 dB of alias rejection. The ratio is
-# rational, so output n falls at one of rate_out / gcd fractional phases; the kernel is tabulated
-# once per phase (a polyphase filter bank), and resampling is a gather and a dot product.
-_ZERO_CROSSINGS = 16
-_ROLLOFF = 0.94
-_KAISER_BETA = 8.0
-
-
 class Resampler:
-    """Streaming resampler: feed consecutive chunks, get seamless output (for the microphone path).
+    """Streaming resampler for mono blocks (the microphone path): seamless across blocks, no drift.
 
-    Each output needs a few input samples beyond it, so output lags input by about 1 ms until
-    `flush()`. Output n sits at input time n * rate_in / rate_out exactly (integer arithmetic), so
-    hours of audio do not drift. After `flush()`, start a new Resampler.
+    It is `ToMono16k`, the conversion files are decoded with, so live audio is resampled exactly
+    as the training clips were. Output lags input by the filter's delay until `flush()`; after
+    `flush()`, start a new Resampler.
     """
 
     def __init__(self, rate_in: int, rate_out: int = SAMPLE_RATE) -> None:
-        if rate_in <= 0 or rate_out <= 0:
-            raise ValueError(f"sample rates must be positive, got {rate_in} -> {rate_out}")
-        self.rate_in, self.rate_out = int(rate_in), int(rate_out)
-        self._step = math.gcd(self.rate_in, self.rate_out)      # phases are multiples of step / rate_out
-        self._table, self.reach = _kernel_table(self.rate_in, self.rate_out, self._step)
-        self._buffer = np.zeros(self.reach, np.float32)        # zeros before the first sample
-        self._buffer_start = -self.reach                       # input index of _buffer[0]
-        self._received = 0                                     # input samples fed so far
-        self._emitted = 0                                      # output samples returned so far
+        if rate_in <= 0 or rate_out != SAMPLE_RATE:
+            raise ValueError(f"Resampler converts a positive rate to {SAMPLE_RATE} Hz, got {rate_in} -> {rate_out}")
+        self.rate_in = int(rate_in)
+        self._convert = ToMono16k()
 
     def __call__(self, chunk: np.ndarray) -> np.ndarray:
-        """Resample the next chunk (1-D float); returns the outputs that are complete so far."""
+        """Resample the next block (1-D float); returns the outputs that are complete so far."""
         chunk = np.asarray(chunk, np.float32).reshape(-1)
-        if self.rate_in == self.rate_out:
+        if self.rate_in == SAMPLE_RATE:
             return chunk
-        self._buffer = np.concatenate([self._buffer, chunk])
-        self._received += chunk.size
-        # Output n is complete once input floor(t_n) + reach has arrived.
-        return self._emit(_count_below(self._buffer_start + self._buffer.size - self.reach, self.rate_in, self.rate_out))
+        return _joined(self._convert.block(chunk, self.rate_in))
 
     def flush(self) -> np.ndarray:
-        """The remaining outputs, treating the input as followed by silence."""
-        if self.rate_in == self.rate_out:
-            return np.zeros(0, np.float32)
-        self._buffer = np.concatenate([self._buffer, np.zeros(self.reach + 1, np.float32)])
-        return self._emit(_count_below(self._received, self.rate_in, self.rate_out))
-
-    def _emit(self, stop: int) -> np.ndarray:
-        n = np.arange(self._emitted, max(stop, self._emitted), dtype=np.int64)
-        position = n * self.rate_in                            # t_n * rate_out, exact
-        base = position // self.rate_out - self._buffer_start  # floor(t_n) in _buffer coordinates
-        phase = (position % self.rate_out) // self._step
-        out = np.empty(n.size, np.float32)
-        offsets = np.arange(-self.reach + 1, self.reach + 1)
-        for lo in range(0, n.size, 8192):  # blocks keep the [outputs, taps] matrices small
-            block = slice(lo, lo + 8192)
-            taps = base[block, None] + offsets
-            out[block] = np.einsum("ij,ij->i", self._buffer[taps], self._table[phase[block]])
-        self._emitted += n.size
-        # Drop inputs that no future output can reach.
-        drop = max(0, self._emitted * self.rate_in // self.rate_out - self.reach - self._buffer_start)
-        self._buffer = self._buffer[drop:]
-        self._buffer_start += drop
-        return out
+        """The remaining outputs."""
+        return _joined(self._convert.flush())
 
 
-def _kernel_table(rate_in: int, rate_out: int, step: int) -> tuple[np.ndarray, int]:
-    """Kaiser-windowed sinc weights [phases, 2 * reach] for fractional offsets phase * step / rate_out."""
-    cutoff = 0.5 * min(1.0, rate_out / rate_in) * _ROLLOFF      # cycles per input sample
-    half_width = _ZERO_CROSSINGS / (2 * cutoff)                 # kernel reach in input samples
-    reach = math.ceil(half_width)
-    frac = np.arange(rate_out // step) * step / rate_out
-    d = frac[:, None] - np.arange(-reach + 1, reach + 1)        # distance from each tap to the output time
-    window = np.i0(_KAISER_BETA * np.sqrt(np.clip(1 - (d / half_width) ** 2, 0, None))) / np.i0(_KAISER_BETA)
-    weights = np.sinc(2 * cutoff * d) * window
-    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32), reach  # unit gain at DC
-
-
-def _count_below(limit: int, rate_in: int, rate_out: int) -> int:
-    """How many outputs n >= 0 have their time n * rate_in / rate_out strictly below input index `limit`."""
-    return max(0, -(-limit * rate_out // rate_in))  # ceil(limit * rate_out / rate_in)
+def _joined(blocks: list[np.ndarray]) -> np.ndarray:
+    return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
 
 
 def resample(audio: np.ndarray, rate_in: int, rate_out: int = SAMPLE_RATE) -> np.ndarray:
     """Resample a whole 1-D signal (a `Resampler` fed once and flushed); same rate returns float32 as is."""
-    r = Resampler(rate_in, rate_out)
-    return np.concatenate([r(audio), r.flush()])
+    if rate_in == rate_out:
+        return np.asarray(audio, np.float32).reshape(-1)
+    if rate_out == SAMPLE_RATE:
+        r = Resampler(rate_in)
+        return np.concatenate([r(audio), r.flush()])
+    # Tests and fixtures also go the other way (16 kHz to 44.1 kHz): the same FFmpeg resampler.
+    resampler = av.AudioResampler(format="flt", layout="mono", rate=rate_out)
+    frame = av.AudioFrame.from_ndarray(np.asarray(audio, np.float32).reshape(1, -1), format="flt", layout="mono")
+    frame.sample_rate = int(rate_in)
+    return _joined([f.to_ndarray().reshape(-1) for f in [*resampler.resample(frame), *resampler.resample(None)]])

@@ -10,7 +10,7 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
@@ -20,107 +20,182 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
 
 
+def span(lo: float, hi: float) -> Any:
+    """A numeric field's allowed range, both ends included."""
+    return field(metadata={"range": (lo, hi)})
+
+
+def one_of(*values: Any) -> Any:
+    """A field's allowed values."""
+    return field(metadata={"choices": values})
+
+
+class Section:
+    """A `[section]` of config.toml. Its fields say each key's type and allowed values (`span`,
+    `one_of`); `rules` adds what ties keys together. `check` is the one validation of every key,
+    run when a config is loaded or changed and by whoever builds a section by hand."""
+
+    def check(self) -> None:
+        name = _SECTION_NAMES.get(type(self), type(self).__name__.lower())
+        hints = get_type_hints(type(self))
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            setattr(self, f.name, _check_value(f"{name}.{f.name}", getattr(self, f.name), hints[f.name], f.metadata))
+        for problem in self.rules():
+            raise UserError(f"config: {problem}")
+
+    def rules(self) -> list[str]:
+        """Constraints between keys of this section, as messages (none by default)."""
+        return []
+
+
 @dataclass
-class Labels:
+class Labels(Section):
     names: list[str]
+    uncertain_below: float = span(0.0, 1.0)      # calibrated top score below which a label is shown as "uncertain"
+
+    def rules(self) -> list[str]:
+        if len(self.names) < 2 or len(set(self.names)) != len(self.names):
+            return [f"labels.names must list at least 2 distinct labels, got {self.names}"]
+        return []
 
 
 @dataclass
-class Paths:
+class Paths(Section):
     checkpoint: str
     face_weights: str
     cache_dir: str
 
 
 @dataclass
-class Encoders:
+class Encoders(Section):
     whisper_model: str
     whisper_compute_type: str
     whisper_compute_type_cuda: str
-    whisper_threads: int
-    audio_frame_stride: int
+    whisper_threads: int = span(0, 256)          # 0 = one per core
+    audio_frame_stride: int = span(1, 50)
     prosody: bool
     text_model: str
-    text_max_tokens: int
+    text_max_tokens: int = span(8, 512)          # MiniLM's position table holds 512
+    text_max_chars: int = span(100, 1_000_000)   # longer texts are refused at load (memory stays bounded)
     text_tuned: str
+    text_context_turns: int = span(0, 16)        # previous turns of the same stream read with each turn (0 = none)
 
 
 @dataclass
-class Asr:
+class Asr(Section):
     language: str
-    beam_size: int
-    no_speech_threshold: float
-    log_prob_threshold: float
+    beam_size: int = span(1, 16)
+    no_speech_threshold: float = span(0.0, 1.0)
+    log_prob_threshold: float = span(-100.0, 0.0)
     word_timestamps: bool
+    gate_min_avg_logprob: float = span(-100.0, 0.0)  # words reach the text branch only above both (fdrl/asr_gate.py)
+    gate_min_word_prob: float = span(0.0, 1.0)
+    gate_min_voiced_s: float = span(0.0, 30.0)       # a wordless segment with less voice is noise, not a laugh
 
 
 @dataclass
-class Face:
-    rate_hz: float
-    min_face_px: int
-    detect_width: int
+class Face(Section):
+    rate_hz: float = span(0.1, 30.0)
+    min_face_px: int = span(8, 4096)
+    detect_width: int = span(0, 8192)            # 0 = full size
 
 
 @dataclass
-class Model:
-    d_model: int
-    n_heads: int
-    shared_layers: int
-    private_layers: int
-    dropout: float
-    alignment: str
-    fusion: str
+class Model(Section):
+    d_model: int = span(8, 4096)
+    n_heads: int = span(1, 64)
+    shared_layers: int = span(0, 12)
+    private_layers: int = span(0, 12)
+    dropout: float = span(0.0, 0.95)
+    alignment: str = one_of("word", "soft", "none")
+    fusion: str = one_of("fdrl", "concat")       # how FDRL joins its modalities (late fusion with faces: [late_fusion])
     speaker_norm: bool
-    speaker_prior_frames: float
+    speaker_prior_frames: float = span(0.0, 1e7)
+
+    def rules(self) -> list[str]:
+        if self.d_model % self.n_heads:
+            return [f"model.d_model ({self.d_model}) must be a multiple of model.n_heads ({self.n_heads})"]
+        return []
 
 
 @dataclass
-class Loss:
-    alpha: float
-    beta: float
-    gamma: float
-    temperature: float
+class Loss(Section):
+    alpha: float = span(0.0, 100.0)
+    beta: float = span(0.0, 100.0)
+    gamma: float = span(0.0, 100.0)
+    temperature: float = span(1e-3, 100.0)
 
 
 @dataclass
-class Train:
-    epochs: int
-    batch_size: int
-    lr: float
-    weight_decay: float
-    seed: int
-    folds: int
-    goemotions_per_epoch: int
-    text_dropout: float
+class Train(Section):
+    epochs: int = span(1, 10_000)
+    batch_size: int = span(1, 4096)
+    lr: float = span(1e-7, 1.0)
+    weight_decay: float = span(0.0, 1.0)
+    seed: int = span(0, 2 ** 32 - 1)
+    folds: int = span(2, 100)
+    goemotions_per_epoch: int = span(0, 1_000_000)
+    text_dropout: float = span(0.0, 1.0)
+    balance_corpora: bool                        # each speech corpus contributes equally per epoch
+    speaker_subsets: bool                        # normalize each clip by a random subset of its speaker's clips
 
 
 @dataclass
-class Fusion:
-    face_weight: float
+class TuneText(Section):
+    """`fdrl tune-text`: MiniLM's top layers tuned for emotion on text (fdrl/tune_text.py)."""
+
+    layers: int = span(1, 6)                     # top layers tuned, of MiniLM's 6
+    epochs: int = span(1, 100)
+    batch_size: int = span(1, 4096)
+    lr: float = span(1e-7, 1.0)
+    weight_decay: float = span(0.0, 1.0)
+    warmup: float = span(0.0, 1.0)
+    dropout: float = span(0.0, 0.95)
+    balanced: bool
+    dialogue_neutral: float = span(0.0, 1.0)     # fraction of DailyDialog's neutral turns drawn each epoch
+    seed: int = span(0, 2 ** 32 - 1)
 
 
 @dataclass
-class Runtime:
-    device: str
-    max_batch: int
-    max_wait_ms: int
+class LateFusion(Section):
+    face_weight: float = span(0.0, 1.0)          # p = (1 - w) * p_fdrl + w * p_face when a face is seen
 
 
 @dataclass
-class Vad:
-    aggressiveness: int
-    frame_ms: int
-    preroll_ms: int
-    hangover_ms: int
-    min_utterance_ms: int
-    max_utterance_ms: int
-    speech_ratio: float
-    tail_ms: int
+class Runtime(Section):
+    device: str = one_of("auto", "cpu", "cuda")
+    max_batch: int = span(1, 1024)
+    max_wait_ms: int = span(0, 10_000)
 
 
 @dataclass
-class Ui:
-    refresh_hz: float
+class Vad(Section):
+    """The VAD segmenter's options (fdrl.vad.Segmenter takes this section as it is)."""
+
+    aggressiveness: int = one_of(0, 1, 2, 3)
+    frame_ms: int = one_of(10, 20, 30)
+    preroll_ms: int = span(0, 2000)
+    hangover_ms: int = span(10, 10_000)
+    min_utterance_ms: int = span(0, 10_000)
+    max_utterance_ms: int = span(1000, 30_000)  # Whisper encodes at most a 30-s window
+    speech_ratio: float = span(0.01, 1.0)
+    tail_ms: int = span(0, 10_000)
+
+    def rules(self) -> list[str]:
+        problems = []
+        if self.hangover_ms < self.frame_ms:
+            problems.append(f"vad.hangover_ms ({self.hangover_ms}) must be at least vad.frame_ms ({self.frame_ms})")
+        if self.max_utterance_ms <= max(self.min_utterance_ms, self.preroll_ms):
+            problems.append(f"vad.max_utterance_ms ({self.max_utterance_ms}) must exceed vad.min_utterance_ms "
+                            f"({self.min_utterance_ms}) and vad.preroll_ms ({self.preroll_ms})")
+        if self.tail_ms > self.hangover_ms:
+            problems.append(f"vad.tail_ms ({self.tail_ms}) cannot exceed vad.hangover_ms ({self.hangover_ms})")
+        return problems
+
+
+@dataclass
+class Ui(Section):
+    refresh_hz: float = span(0.5, 30.0)
 
 
 @dataclass
@@ -133,7 +208,8 @@ class Config:
     model: Model
     loss: Loss
     train: Train
-    fusion: Fusion
+    tune_text: TuneText
+    late_fusion: LateFusion
     runtime: Runtime
     vad: Vad
     ui: Ui
@@ -147,22 +223,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-_CHOICES = {
-    ("model", "alignment"): {"word", "soft", "none"},
-    ("model", "fusion"): {"fdrl", "concat"},
-    ("runtime", "device"): {"auto", "cpu", "cuda"},
-    ("vad", "frame_ms"): {10, 20, 30},
-    ("vad", "aggressiveness"): {0, 1, 2, 3},
-}
-
-# Numeric keys whose out-of-range values would otherwise fail deep inside a run (a division by
-# zero, a CTranslate2 traceback, every utterance an error) or mislead silently (negative probabilities).
-_POSITIVE = {("face", "rate_hz"), ("ui", "refresh_hz"), ("asr", "beam_size"), ("runtime", "max_batch"),
-             ("encoders", "audio_frame_stride"), ("encoders", "text_max_tokens"), ("train", "epochs"),
-             ("train", "batch_size")}
-_NON_NEGATIVE = {("encoders", "whisper_threads"), ("runtime", "max_wait_ms"), ("face", "detect_width"),
-                 ("model", "speaker_prior_frames")}
-_FRACTION = {("fusion", "face_weight"), ("model", "dropout"), ("train", "text_dropout")}
+_SECTION_NAMES: dict[type, str] = {hint: name for name, hint in get_type_hints(Config).items()}
 
 
 def _coerce(key: str, value: Any, hint: Any) -> Any:
@@ -179,23 +240,19 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     raise UserError(f"config key '{key}' must be of type {name}, got {type(value).__name__} {value!r}")
 
 
-def _check(dotted: str, value: Any, hint: Any) -> Any:
+def _check_value(dotted: str, value: Any, hint: Any, metadata: Any) -> Any:
     value = _coerce(dotted, value, hint)
-    section, key = dotted.split(".", 1)
-    allowed = _CHOICES.get((section, key))
+    allowed = metadata.get("choices")
     if allowed is not None and value not in allowed:
-        raise UserError(f"config key '{dotted}' must be one of {sorted(allowed)}, got {value!r}")
-    if (section, key) in _POSITIVE and not value > 0:
-        raise UserError(f"config key '{dotted}' must be > 0, got {value!r}")
-    if (section, key) in _NON_NEGATIVE and not value >= 0:
-        raise UserError(f"config key '{dotted}' must be >= 0, got {value!r}")
-    if (section, key) in _FRACTION and not 0 <= value <= 1:
-        raise UserError(f"config key '{dotted}' must be between 0 and 1, got {value!r}")
+        raise UserError(f"config key '{dotted}' must be one of {list(allowed)}, got {value!r}")
+    bounds = metadata.get("range")
+    if bounds is not None and not (bounds[0] <= value <= bounds[1]):  # NaN fails too
+        raise UserError(f"config key '{dotted}' must be between {bounds[0]:g} and {bounds[1]:g}, got {value!r}")
     return value
 
 
 def _section_types() -> dict[str, type]:
-    return {name: hint for name, hint in get_type_hints(Config).items()}
+    return {name: hint for hint, name in _SECTION_NAMES.items()}
 
 
 def merge(cfg: Config, data: dict[str, Any]) -> Config:
@@ -211,7 +268,8 @@ def merge(cfg: Config, data: dict[str, Any]) -> Config:
         for key, value in values.items():
             if key not in hints:
                 raise UserError(f"unknown config key '{section_name}.{key}' (known: {', '.join(hints)})")
-            setattr(section, key, _check(f"{section_name}.{key}", value, hints[key]))
+            setattr(section, key, value)
+        section.check()
     return cfg
 
 
@@ -231,7 +289,8 @@ def _build(data: dict[str, Any], source: Path) -> Config:
         unknown = [k for k in values if k not in hints]
         if unknown:
             raise UserError(f"unknown config key '{name}.{unknown[0]}' in {source} (known: {', '.join(hints)})")
-        built[name] = cls(**{k: _check(f"{name}.{k}", values[k], h) for k, h in hints.items()})
+        built[name] = cls(**values)
+        built[name].check()
     return Config(**built)
 
 
@@ -258,10 +317,20 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """The project's `config.toml`, then the user's file `path` (any subset of keys), then `--set` overrides."""
+    """The project's `config.toml`, then the user's file `path` (any subset of keys), then `--set` overrides.
+
+    The overrides are applied together, so keys checked against each other (`Section.rules`)
+    may be changed in any order.
+    """
     cfg = _build(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG)
     if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
         cfg = merge(cfg, _read_toml(Path(path)))
+    changes: dict[str, Any] = {}
     for text in overrides or []:
-        cfg = merge(cfg, parse_override(text))
-    return cfg
+        for section, values in parse_override(text).items():
+            existing = changes.setdefault(section, {})
+            if isinstance(existing, dict) and isinstance(values, dict):
+                existing.update(values)
+            else:
+                changes[section] = values
+    return merge(cfg, changes) if changes else cfg

@@ -1,22 +1,38 @@
 """Corpus loaders. Each returns a list of `Item`s with canonical labels; nothing is decoded here.
 
 Also the JSONL manifest format (the user-facing way to bring data) and speaker-independent folds.
+
+A line (a manifest line, a TSV row, a corpus file) that cannot be used goes to the caller's
+`SkipLog` with its file and line number: by default (no log given) the first one is a UserError
+once the whole file is checked, as a library caller expects; the command line passes a lenient log
+instead, so the run goes on and reports what it left out (fdrl/skips.py). Every line is bounded
+before it is parsed: at most `MAX_TEXT_CHARS` characters of text and `MAX_LINE_BYTES` bytes per
+manifest line, so one runaway line cannot take the machine's memory.
 """
 from __future__ import annotations
 
 import csv
+import dataclasses
 import difflib
 import json
-import math
 import os
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from fdrl import labels
 from fdrl.errors import UserError
+from fdrl.outputs import path_kind, write_atomic
+from fdrl.skips import SkipLog
+
+# A transcript longer than this is a wrong column or a whole document, not an utterance (MiniLM
+# reads only its first `encoders.text_max_tokens` tokens anyway): the line is skipped, not tokenized.
+MAX_TEXT_CHARS = 10_000
+# Seconds: `start`/`end` past a day are a unit mistake (milliseconds, samples), not a segment.
+MAX_SECONDS = 86_400.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +47,13 @@ class Item:
     start: float | None = None    # seconds into `audio` (IEMOCAP-style segments); None = whole file
     end: float | None = None
     corpus: str = ""
+    context: tuple[str, ...] = ()  # the turns said before this one in the same conversation, oldest first
+    where: str = field(default="", compare=False)  # "m.jsonl line 7" or the file: for messages, not identity
+
+    @property
+    def files(self) -> tuple[Path, ...]:
+        """The files this item reads."""
+        return tuple(p for p in (self.audio, self.video) if p is not None)
 
 
 # --- RAVDESS ------------------------------------------------------------------------------------
@@ -39,14 +62,16 @@ RAVDESS_AUDIO = {".wav", ".flac"}
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")  # MM-VC-EE-II-SS-RR-AA
 
 
-def load_ravdess(root: Path) -> list[Item]:
+def load_ravdess(root: Path, skips: SkipLog | None = None) -> list[Item]:
     """Speech clips of RAVDESS under `root/Actor_NN/`, labelled from the file name.
 
     Accepts the audio-only release (modality 03, .wav or .flac) and the video release (.mp4):
     an audio-visual mp4 (01) serves as both audio and video; a video-only mp4 (02) has no sound
     and is used only as the `video` of a clip whose audio exists. Song (vocal channel 02) is
     skipped. `text` stays None: the two sentences are lexically neutral, ASR transcribes them.
+    A file whose name does not parse goes to `skips` (default: a UserError).
     """
+    log = skips if skips is not None else SkipLog()
     root = _existing_dir(root, "RAVDESS folder")
     actors = sorted(p for p in root.glob("Actor_*") if p.is_dir())
     if not actors:
@@ -62,12 +87,14 @@ def load_ravdess(root: Path) -> list[Item]:
                 continue  # .DS_Store, readmes
             m = _RAVDESS_NAME.match(f.stem)
             if m is None:
-                raise UserError(f"{f}: not a RAVDESS file name (expected MM-VC-EE-II-SS-RR-AA{f.suffix})")
+                log.skip(str(f), f"not a RAVDESS file name (expected MM-VC-EE-II-SS-RR-AA{f.suffix})")
+                continue
             modality, channel, emotion, intensity, statement, rep, actor_id = m.groups()
             if channel != "01":
                 continue  # song
             if emotion not in labels.RAVDESS:
-                raise UserError(f"{f}: unknown RAVDESS emotion code {emotion} (expected 01-08)")
+                log.skip(str(f), f"unknown RAVDESS emotion code {emotion} (expected 01-08)")
+                continue
             key = (actor_id, emotion, intensity, statement, rep)
             if ext in RAVDESS_AUDIO:
                 sound[key] = f
@@ -75,11 +102,13 @@ def load_ravdess(root: Path) -> list[Item]:
                 av[key] = f
             elif modality == "02":
                 silent_video[key] = f
+    log.check()
     items = []
     for key in sorted(sound.keys() | av.keys()):
+        audio = sound.get(key) or av[key]
         items.append(Item(label=labels.RAVDESS[key[1]], speaker=f"ravdess-{key[0]}",
-                          audio=sound.get(key) or av[key], video=av.get(key) or silent_video.get(key),
-                          corpus="ravdess"))
+                          audio=audio, video=av.get(key) or silent_video.get(key),
+                          corpus="ravdess", where=str(audio)))
     if not items:
         raise UserError(f"{root}: no RAVDESS speech clips (.wav, .flac or audio-visual .mp4) under Actor_NN/")
     return items
@@ -119,36 +148,160 @@ def _goemotions_ids(folder: Path) -> dict[int, str]:
     return dict(labels.GOEMOTIONS)
 
 
-def load_goemotions(tsv: Path, single_label: bool = True) -> list[Item]:
+def load_goemotions(tsv: Path, single_label: bool = True, skips: SkipLog | None = None,
+                    max_text_chars: int = MAX_TEXT_CHARS) -> list[Item]:
     """Text-only items from a GoEmotions split (`text<TAB>ids<TAB>comment_id`, no header).
 
     Text fields that contain quotes are CSV-quoted (inner quotes doubled), so the file is read with the
     csv module, not split on tabs. With `single_label` (the standard protocol) only comments with
     exactly one label are kept; otherwise a comment yields one item per label. Every item has the
-    pseudo-speaker GOEMOTIONS_SPEAKER, which `speaker_folds` keeps out of validation.
+    pseudo-speaker GOEMOTIONS_SPEAKER, which `speaker_folds` keeps out of validation. A row that
+    cannot be used (bytes that are not UTF-8, a wrong field count, bad ids, a text over
+    `max_text_chars`) goes to `skips` with its line (default: a UserError once the file is read).
     """
+    log = skips if skips is not None else SkipLog()
     tsv = _existing_file(tsv, "GoEmotions TSV")
     ids = _goemotions_ids(tsv.parent)
     items = []
-    with tsv.open(encoding="utf-8", newline="") as f:
+    # surrogateescape: a byte that is not UTF-8 costs its row, not the whole file (checked per row below).
+    with tsv.open(encoding="utf-8", errors="surrogateescape", newline="") as f:
         reader = csv.reader(f, delimiter="\t")
-        for row in reader:
+        while True:
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:  # e.g. a field over the csv module's size limit
+                log.skip(f"{tsv} line {reader.line_num}", f"not a TSV row ({e})")
+                continue
             where = f"{tsv} line {reader.line_num}"
+            if not all(_is_utf8(field) for field in row):
+                log.skip(where, "not UTF-8 text (re-save the file as UTF-8)")
+                continue
             if len(row) != 3:
-                raise UserError(f"{where}: expected text<TAB>label ids<TAB>comment id, got {len(row)} fields")
+                log.skip(where, f"expected text<TAB>label ids<TAB>comment id, got {len(row)} fields")
+                continue
             text = row[0].strip()
+            if len(text) > max_text_chars:
+                log.skip(where, _too_long(len(text), max_text_chars))
+                continue
             try:
                 names = {ids[int(i)] for i in row[1].split(",")}
             except (ValueError, KeyError):
-                raise UserError(f"{where}: bad label ids '{row[1]}' "
-                                f"(expected comma-separated ids 0-{max(ids)})") from None
+                log.skip(where, f"bad label ids '{row[1][:50]}' (expected comma-separated ids 0-{max(ids)})")
+                continue
             if not text or (single_label and len(names) != 1):
                 continue
-            items.extend(Item(label=name, speaker=GOEMOTIONS_SPEAKER, text=text, corpus="goemotions")
+            items.extend(Item(label=name, speaker=GOEMOTIONS_SPEAKER, text=text, corpus="goemotions", where=where)
                          for name in labels.CANONICAL if name in names)
+    log.check()
     if not items:
         raise UserError(f"{tsv} has no usable rows")
     return items
+
+
+def _is_utf8(text: str) -> bool:
+    """False when `text` holds bytes that were not UTF-8 (read with errors="surrogateescape")."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _too_long(n: int, limit: int) -> str:
+    return (f"'text' is {n} characters long, over the limit of {limit} "
+            "(a transcript of one utterance is expected: check the line)")
+
+
+# --- TESS and EMOVO -----------------------------------------------------------------------------
+
+
+def load_tess(root: Path, skips: SkipLog | None = None) -> list[Item]:
+    """TESS clips under `root/OAF/` and `root/YAF/` (`<speaker>_<word>_<emotion>.flac`).
+
+    The speaker is the folder, not the file name (one file of the public copy is misnamed).
+    `text` stays None: the carrier phrase is transcribed by ASR, as live speech would be.
+    """
+    return _speaker_folders(root, "TESS", "tess", labels.TESS, lambda stem: stem.rsplit("_", 1)[-1], skips)
+
+
+def load_emovo(root: Path, skips: SkipLog | None = None) -> list[Item]:
+    """EMOVO (Italian) clips under `root/<f1..m3>/` (`<emotion>-<speaker>-<sentence>.flac`)."""
+    return _speaker_folders(root, "EMOVO", "emovo", labels.EMOVO, lambda stem: stem.split("-", 1)[0], skips)
+
+
+def _speaker_folders(root: Path, name: str, corpus: str, mapping: dict[str, str],
+                     emotion_of: Callable[[str], str], skips: SkipLog | None) -> list[Item]:
+    """Clips in one folder per speaker, the emotion read from each file name by `emotion_of`."""
+    log = skips if skips is not None else SkipLog()
+    root = _existing_dir(root, f"{name} folder")
+    items = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        for f in sorted(folder.iterdir()):
+            if f.name.startswith(".") or f.suffix.lower() not in RAVDESS_AUDIO:
+                continue
+            emotion = emotion_of(f.stem)
+            if emotion not in mapping:
+                log.skip(str(f), f"unknown {name} emotion '{emotion}' in the file name (expected one of {', '.join(mapping)})")
+                continue
+            items.append(Item(label=mapping[emotion], speaker=f"{corpus}-{folder.name}", audio=f, corpus=corpus, where=str(f)))
+    log.check()
+    if not items:
+        raise UserError(f"{root}: no {name} clips (.wav or .flac) in its speaker folders")
+    return items
+
+
+# --- DailyDialog -------------------------------------------------------------------------------
+
+DAILYDIALOG_SPLITS = ("train", "validation", "test")
+
+
+def load_dailydialog(root: Path, split: str, skips: SkipLog | None = None,
+                     max_text_chars: int = MAX_TEXT_CHARS) -> list[Item]:
+    """Every turn of a DailyDialog split as a text item, with the turns before it as `context`.
+
+    Reads `root/<split>/dialogues_<split>.txt` (turns joined by `__eou__`) and
+    `dialogues_emotion_<split>.txt` (one code per turn). A dialogue whose turn and code counts
+    differ (train line 7852 of the official release) goes to `skips` whole: which code belongs to
+    which turn cannot be known. Each dialogue is its own speaker id, so folds never split one.
+    """
+    if split not in DAILYDIALOG_SPLITS:
+        raise UserError(f"DailyDialog split '{split}' does not exist (use one of {', '.join(DAILYDIALOG_SPLITS)})")
+    log = skips if skips is not None else SkipLog()
+    folder = _existing_dir(Path(root) / split, "DailyDialog split folder")
+    texts = _existing_file(folder / f"dialogues_{split}.txt", "DailyDialog dialogues")
+    codes = _existing_file(folder / f"dialogues_emotion_{split}.txt", "DailyDialog emotions")
+    items: list[Item] = []
+    with open(texts, encoding="utf-8", errors="surrogateescape") as t, open(codes, encoding="utf-8", errors="surrogateescape") as c:
+        for n, (dialogue, emotions) in enumerate(zip(t, c), start=1):
+            where = f"{texts} line {n}"
+            turns = [_detokenize(turn) for turn in dialogue.split("__eou__")]
+            turns = turns[:-1] if turns and not turns[-1] else turns
+            try:
+                ids = [int(code) for code in emotions.split()]
+            except ValueError:
+                log.skip(where, f"emotion codes are not integers in {codes} line {n}")
+                continue
+            if len(ids) != len(turns) or not turns:
+                log.skip(where, f"{len(turns)} turns but {len(ids)} emotion codes (line {n} of {codes.name}): skipped whole")
+                continue
+            if not all(_is_utf8(turn) for turn in turns) or any(code not in labels.DAILYDIALOG for code in ids):
+                log.skip(where, "not UTF-8, or an emotion code outside 0-6")
+                continue
+            if any(len(turn) > max_text_chars for turn in turns):
+                log.skip(where, _too_long(max(map(len, turns)), max_text_chars))
+                continue
+            items += [Item(label=labels.DAILYDIALOG[code], speaker=f"dailydialog-{split}-{n}", text=turn,
+                           corpus="dailydialog", context=tuple(turns[:k]), where=f"{where} turn {k + 1}")
+                      for k, (turn, code) in enumerate(zip(turns, ids))]
+    log.check()
+    return items
+
+
+def _detokenize(turn: str) -> str:
+    """DailyDialog's tokenized text ("Say , Jim , how ?") written as a transcript would be ("Say, Jim, how?")."""
+    return re.sub(r" ([,.?!;:%)])|([($]) ", r"\1\2", " ".join(turn.split()))
 
 
 # --- IEMOCAP ------------------------------------------------------------------------------------
@@ -185,14 +338,16 @@ def _iemocap_texts(path: Path) -> dict[str, str]:
             if (m := _IEMOCAP_TEXT.match(line))}
 
 
-def load_iemocap(root: Path, sessions: Iterable[int] = (1, 2, 3, 4, 5)) -> list[Item]:
+def load_iemocap(root: Path, sessions: Iterable[int] = (1, 2, 3, 4, 5), skips: SkipLog | None = None) -> list[Item]:
     """The 4-class IEMOCAP protocol from the official `IEMOCAP_full_release` layout.
 
     Per-utterance wavs come from `SessionN/sentences/wav/<dialog>/`, labels from
     `SessionN/dialog/EmoEvaluation/<dialog>.txt` (codes mapped by labels.IEMOCAP; the others, e.g.
     fru, sur, xxx, dropped), text from `SessionN/dialog/transcriptions/<dialog>.txt`. The video is
-    one AVI per dialog showing both actors, not per-utterance, so it is not used.
+    one AVI per dialog showing both actors, not per-utterance, so it is not used. A labelled turn
+    whose wav is missing goes to `skips` (default: a UserError).
     """
+    log = skips if skips is not None else SkipLog()
     root = _existing_dir(root, "IEMOCAP folder")
     items = []
     for n in sessions:
@@ -211,55 +366,78 @@ def load_iemocap(root: Path, sessions: Iterable[int] = (1, 2, 3, 4, 5)) -> list[
                     continue
                 wav = session / "sentences" / "wav" / utterance.rsplit("_", 1)[0] / f"{utterance}.wav"
                 if not wav.is_file():
-                    raise UserError(f"{wav} not found (labelled in {evaluation}); is the IEMOCAP copy complete?")
+                    log.skip(str(wav), f"not found (labelled in {evaluation}); is the IEMOCAP copy complete?")
+                    continue
                 items.append(Item(label=labels.IEMOCAP[code], speaker=iemocap_speaker(utterance), audio=wav,
-                                  text=texts.get(utterance) or None, corpus="iemocap"))
+                                  text=texts.get(utterance) or None, corpus="iemocap", where=str(wav)))
+    log.check()
     return items
 
 
 # --- JSONL manifests ----------------------------------------------------------------------------
 
-MANIFEST_KEYS = ("label", "speaker", "audio", "video", "text", "start", "end", "corpus")
+MANIFEST_KEYS = ("label", "speaker", "audio", "video", "text", "start", "end", "corpus", "context")
 
 
 def _manifest_path(value: object, key: str, base: Path) -> Path:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"'{key}' must be a file path string, got {value!r}")
+    if "\0" in value:
+        raise ValueError(f"'{key}' holds a NUL character, which no file name can")
     path = Path(value).expanduser()
     path = Path(os.path.normpath(path if path.is_absolute() else base / path))
-    if not path.is_file():
+    kind = path_kind(path)
+    if kind == "missing":
         raise ValueError(f"{key} file not found: {path}")
+    if kind != "a file":
+        raise ValueError(f"{key} {path} is {kind}, not a file")
     return path
 
 
 def _manifest_time(value: object, key: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-        raise ValueError(f"'{key}' must be a number of seconds >= 0, got {value!r}")
+    # Compared before any float conversion: a huge JSON integer (10**400) overflows a float.
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= MAX_SECONDS:
+        raise ValueError(f"'{key}' must be a number of seconds >= 0 and at most {MAX_SECONDS:.0f} (24 h), "
+                         f"got {str(value)[:40]}")
     return float(value)
 
 
-def _manifest_item(record: object, allowed: Sequence[str], base: Path) -> Item:
+def _manifest_context(value: object, max_text_chars: int) -> tuple[str, ...]:
+    """`"context"`: the turns said before this line's, oldest first, as a list of strings, bounded
+    together like one `text` (only the last `encoders.text_context_turns` are read)."""
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise ValueError(f"'context' must be a list of strings (the previous turns, oldest first), got {str(value)[:40]}")
+    total = sum(len(t) for t in value)
+    if total > max_text_chars:
+        raise ValueError(f"'context' is {total} characters long in all, over the limit of {max_text_chars} "
+                         "(keep the last few turns only)")
+    return tuple(t.strip() for t in value)
+
+
+def _manifest_item(record: object, allowed: Sequence[str], base: Path, max_text_chars: int = MAX_TEXT_CHARS) -> Item:
     """One manifest record -> Item; raises ValueError with the problem (the caller adds the line)."""
     if not isinstance(record, dict):
         raise ValueError(f"expected a JSON object, got {type(record).__name__}")
     for key in record:
         if key not in MANIFEST_KEYS:
-            close = difflib.get_close_matches(key, MANIFEST_KEYS, n=1)
+            close = difflib.get_close_matches(key[:100], MANIFEST_KEYS, n=1)
             hint = f"did you mean '{close[0]}'? " if close else ""
-            raise ValueError(f"unknown key '{key}' ({hint}allowed: {', '.join(MANIFEST_KEYS)})")
+            raise ValueError(f"unknown key '{key[:100]}' ({hint}allowed: {', '.join(MANIFEST_KEYS)})")
     fields = {k: v for k, v in record.items() if v is not None}  # null = absent
     for key in ("label", "speaker", "text", "corpus"):
         if key in fields and not isinstance(fields[key], str):
-            raise ValueError(f"'{key}' must be a string, got {fields[key]!r}")
+            raise ValueError(f"'{key}' must be a string, got {str(fields[key])[:40]}")
     if "label" not in fields:
         raise ValueError("missing 'label'")
     if fields["label"] not in allowed:
-        raise ValueError(f"unknown label '{fields['label']}' (expected one of {', '.join(allowed)})")
+        raise ValueError(f"unknown label '{fields['label'][:100]}' (expected one of {', '.join(allowed)})")
     if "audio" not in fields and "text" not in fields:
         raise ValueError("needs 'audio' or 'text' (or both)")
     text = fields.get("text")
     if text is not None and not text.strip():
         raise ValueError("'text' is empty; drop the key to transcribe the audio instead")
+    if text is not None and len(text) > max_text_chars:
+        raise ValueError(_too_long(len(text), max_text_chars))
     start = _manifest_time(fields["start"], "start") if "start" in fields else None
     end = _manifest_time(fields["end"], "end") if "end" in fields else None
     if (start is not None or end is not None) and "audio" not in fields:
@@ -270,47 +448,86 @@ def _manifest_item(record: object, allowed: Sequence[str], base: Path) -> Item:
                 audio=_manifest_path(fields["audio"], "audio", base) if "audio" in fields else None,
                 text=text.strip() if text is not None else None,
                 video=_manifest_path(fields["video"], "video", base) if "video" in fields else None,
-                start=start, end=end, corpus=fields.get("corpus", ""))
+                start=start, end=end, corpus=fields.get("corpus", ""),
+                context=_manifest_context(fields["context"], max_text_chars) if "context" in fields else ())
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    keys = [k for k, _ in pairs]
-    for k in keys:
-        if keys.count(k) > 1:
-            raise ValueError(f"key '{k}' appears twice")
+    seen: set[str] = set()
+    for k, _ in pairs:
+        if k in seen:
+            raise ValueError(f"key '{k[:100]}' appears twice")
+        seen.add(k)
     return dict(pairs)
 
 
-def load_manifest(path: Path, labels: Sequence[str]) -> list[Item]:
+def manifest_line_limit(max_text_chars: int = MAX_TEXT_CHARS) -> int:
+    """The longest manifest line read: the longest text, every character escaped (\\uXXXX\\uXXXX is
+    12 bytes), plus room for the other keys."""
+    return 12 * max_text_chars + 65_536
+
+
+def _bounded_lines(f: BinaryIO, limit: int) -> Iterator[bytes | None]:
+    """The lines of `f` without their line end; None for a line over `limit` bytes, which is read
+    past in pieces and never held whole."""
+    while line := f.readline(limit + 1):
+        if len(line) > limit:
+            while line and not line.endswith(b"\n"):
+                line = f.readline(1 << 20)
+            yield None
+            continue
+        yield line.rstrip(b"\r\n")
+
+
+def load_manifest(path: Path, labels: Sequence[str], skips: SkipLog | None = None,
+                  max_text_chars: int = MAX_TEXT_CHARS) -> list[Item]:
     """Items from a JSONL manifest, one object per line, every line validated before returning.
 
     Keys: `label` (one of `labels`) and at least one of `audio`/`text` are required; `speaker`
-    (default ""), `video`, `start`/`end` (seconds into `audio`) and `corpus` are optional; paths are
-    relative to the manifest's folder. Any unknown key is an error, so a typo never passes
-    silently. The error names the manifest and the 1-based line, plus how many more lines are bad,
-    so a long run never starts on a manifest that fails on line 9000.
+    (default ""), `video`, `start`/`end` (seconds into `audio`, at most a day), `corpus` and
+    `context` (the previous turns, a list of strings: `encoders.text_context_turns`) are optional; paths are relative to the manifest's folder. Any unknown key is an error, so a typo
+    never passes silently. A bad line (not UTF-8, not JSON, a bad value, a text over
+    `max_text_chars`, a line over `manifest_line_limit`) goes to `skips` with the manifest and its
+    1-based line. A line that repeats an earlier item is dropped with a warning (`SkipLog.repeat`):
+    scoring or training on it twice would silently weigh it double. With no `skips`, the first bad line is a UserError that
+    also says how many more there are, so a long run never starts on a manifest that fails on line 9000.
     """
+    log = skips if skips is not None else SkipLog()
     path = _existing_file(path, "manifest")
     base = path.absolute().parent
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()  # -sig: a BOM (Windows editors) is not JSON
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-    items, errors = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
+    limit = manifest_line_limit(max_text_chars)
+    items: list[Item] = []
+    first_seen: dict[Item, int] = {}
+    with path.open("rb") as f:
+        for number, raw in enumerate(_bounded_lines(f, limit), start=1):
+            where = f"{path} line {number}"
             try:
-                record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
-            items.append(_manifest_item(record, labels, base))
-        except ValueError as e:
-            errors.append(f"{path} line {number}: {e}")
-    if errors:
-        more = f" (and {len(errors) - 1} more bad lines)" if len(errors) > 1 else ""
-        raise UserError(errors[0] + more)
+                if raw is None:
+                    raise ValueError(f"the line is over {limit} bytes (one short JSON object per line is expected)")
+                if number == 1:
+                    raw = raw.removeprefix(b"\xef\xbb\xbf")  # a BOM (Windows editors) is not JSON
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"not UTF-8 text ({e.reason} at byte {e.start}; re-save the file as UTF-8)") from None
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"invalid JSON ({e.msg} at column {e.colno})") from None
+                except RecursionError:
+                    raise ValueError("invalid JSON (nested too deeply)") from None
+                item = _manifest_item(record, labels, base, max_text_chars)
+            except ValueError as e:
+                log.skip(where, str(e))
+                continue
+            if item in first_seen:
+                log.repeat(where, f"line {first_seen[item]}")
+                continue
+            first_seen[item] = number
+            items.append(dataclasses.replace(item, where=where))
+    log.check()
     if not items:
         raise UserError(f"{path} has no items; write one JSON object per line")
     return items
@@ -320,7 +537,7 @@ def write_manifest(path: Path, items: Iterable[Item]) -> None:
     """Write `items` as a JSONL manifest that `load_manifest` reads back to the same items.
 
     File paths are stored relative to the manifest's folder, so the manifest and its data can move
-    together. Written to a temporary file first: a crash never leaves half a manifest behind.
+    together. Written atomically (fdrl.outputs): a crash never leaves half a manifest behind.
     """
     path = Path(path).expanduser()
     base = path.absolute().parent
@@ -338,10 +555,10 @@ def write_manifest(path: Path, items: Iterable[Item]) -> None:
                 record[key] = value
         if item.corpus:
             record["corpus"] = item.corpus
+        if item.context:
+            record["context"] = list(item.context)
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(lines), encoding="utf-8")
-    tmp.replace(path)
+    write_atomic(path, "".join(lines))
 
 
 # --- speaker-independent folds ------------------------------------------------------------------
@@ -353,12 +570,30 @@ def speaker_group(item: Item) -> str | None:
 
 
 def _gender(group: str) -> str:
-    """'F'/'M' for the speaker ids whose gender is known (RAVDESS, IEMOCAP), else ''."""
+    """'F'/'M' for the speaker ids whose gender is known (RAVDESS, IEMOCAP, TESS, EMOVO), else ''."""
     if m := re.fullmatch(r"ravdess-(\d+)", group):
         return "F" if int(m[1]) % 2 == 0 else "M"  # RAVDESS: even actor numbers are female
     if re.fullmatch(r"Ses\d\d[FM]", group):
         return group[-1]
+    if group.startswith("tess-"):
+        return "F"  # both TESS speakers are women
+    if m := re.fullmatch(r"emovo-([fm])\d", group):
+        return m[1].upper()
     return ""
+
+
+def corpus_folds(items: Sequence[Item]) -> list[tuple[list[int], list[int]]]:
+    """Leave-one-corpus-out: one (train, validation) split per corpus, that corpus held out whole.
+
+    The honest proxy for a corpus never heard: other speakers, microphones, sentences and (with
+    EMOVO) another language. Needs items from at least two corpora.
+    """
+    corpora = sorted({it.corpus for it in items})
+    if "" in corpora or len(corpora) < 2:
+        raise UserError(f"leave-one-corpus-out needs items from at least 2 named corpora, got {corpora or 'none'} "
+                        "(add --tess/--emovo, or \"corpus\" to the manifest lines)")
+    return [([i for i, it in enumerate(items) if it.corpus != c], [i for i, it in enumerate(items) if it.corpus == c])
+            for c in corpora]
 
 
 def speaker_folds(items: Sequence[Item], k: int, seed: int = 0,
@@ -399,13 +634,19 @@ def speaker_folds(items: Sequence[Item], k: int, seed: int = 0,
 
 def _existing_file(path: Path, what: str) -> Path:
     path = Path(path).expanduser()
-    if not path.is_file():
+    kind = path_kind(path)
+    if kind == "missing":
         raise UserError(f"{what} {path} not found")
+    if kind != "a file":
+        raise UserError(f"{what} {path} is {kind}, not a file (pass the {what} file itself)")
     return path
 
 
 def _existing_dir(path: Path, what: str) -> Path:
     path = Path(path).expanduser().absolute()
-    if not path.is_dir():
+    kind = path_kind(path)
+    if kind == "missing":
         raise UserError(f"{what} {path} not found")
+    if kind != "a folder":
+        raise UserError(f"{what} {path} is {kind}, not a folder")
     return path

@@ -6,9 +6,7 @@ so the figures measure the product, not an oracle transcript. Audio is normalize
 """
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 
@@ -16,59 +14,35 @@ from fdrl import checkpoint as ckpt_mod
 from fdrl import metrics
 from fdrl.config import Config
 from fdrl.data import load_manifest
-from fdrl.features import FeatureExtractor, Sample
-from fdrl.labels import CANONICAL
+from fdrl.errors import UserError
+from fdrl.features import FeatureExtractor
+from fdrl.outputs import atomic_write, check_outputs, config_inputs
+from fdrl.predict import late_fusion, predict_proba, resolve_device
 from fdrl.progress import progress
-from fdrl.train import predict_proba
+from fdrl.skips import SkipLog, extract_each
 
 
-def late_fusion(p_model: np.ndarray, samples: Sequence[Sample], labels: Sequence[str], face_weight: float) -> np.ndarray:
-    """p = (1 - w) * p_fdrl + w * p_face for utterances where a face was seen (face posteriors are in CANONICAL order).
+def evaluate(manifest: Path, cfg: Config, checkpoint: Path | None = None, plot: Path | None = None,
+             skips: SkipLog | None = None) -> dict:
+    """Validate everything first (checkpoint, every manifest line, the plot path), then encode, predict and score.
 
-    A checkpoint trained on labels outside CANONICAL (a custom `labels.names`) has no face
-    counterpart for them, so its probabilities pass through unfused.
+    A line that cannot be loaded or encoded goes to `skips` (default: a strict log, so the first
+    one is a UserError); the result counts them (`skipped`, and `repeated` for dropped repeats).
     """
-    p = p_model.copy()
-    if not set(labels) <= set(CANONICAL):
-        return p
-    order = [CANONICAL.index(name) for name in labels]
-    for i, s in enumerate(samples):
-        if s.face_posterior is not None and face_weight > 0:
-            face = s.face_posterior[order]
-            p[i] = (1 - face_weight) * p[i] + face_weight * face / max(face.sum(), 1e-8)
-    return p
-
-
-def resolve_device(name: str, warn: Callable[[str], None] | None = None) -> str:
-    """The torch device for `runtime.device`: "auto" takes CUDA when there is a GPU.
-
-    "cuda" without a usable GPU is not fatal: everything runs on the CPU, only slower, so the
-    caller is told through `warn` (default: a RuntimeWarning) and gets "cpu".
-    """
-    import torch
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        message = f"runtime.device is {name!r} but CUDA is not available: running on the CPU (slower)"
-        if warn is not None:
-            warn(message)
-        else:
-            warnings.warn(message, RuntimeWarning, stacklevel=2)
-        return "cpu"
-    return name
-
-
-def evaluate(manifest: Path, cfg: Config, checkpoint: Path | None = None, plot: Path | None = None) -> dict:
-    """Validate everything first (checkpoint, every manifest line), then encode, predict and score."""
+    skips = skips if skips is not None else SkipLog()
     device = resolve_device(cfg.runtime.device)
     extractor = FeatureExtractor(cfg, device)
-    ckpt = ckpt_mod.load(checkpoint or cfg.resolve(cfg.paths.checkpoint), extractor.encoder_ids)
-    items = load_manifest(manifest, ckpt.labels)
+    checkpoint = checkpoint or cfg.resolve(cfg.paths.checkpoint)
+    ckpt = ckpt_mod.load(checkpoint, extractor.encoder_ids)
+    items = load_manifest(manifest, ckpt.labels, skips, cfg.encoders.text_max_chars)
+    check_outputs({"--plot": plot}, [manifest, checkpoint, *config_inputs(cfg), *(f for it in items for f in it.files)])
     with progress("encoding", len(items)) as advance:
-        samples = extractor.extract(items, ckpt.labels, progress=advance)
-    probs = late_fusion(predict_proba(ckpt.model, ckpt.prepare(samples)), samples, ckpt.labels, cfg.fusion.face_weight)
+        items, samples = extract_each(extractor, items, ckpt.labels, skips, progress=advance)
+    if not samples:
+        raise UserError(f"{manifest}: no line could be encoded ({len(skips)} skipped, see the warnings above)")
+    probs = late_fusion(predict_proba(ckpt.model, ckpt.prepare(samples), temperature=ckpt.temperature), samples, ckpt.labels, cfg.late_fusion.face_weight)
     y_true = np.array([s.label for s in samples])
-    result = metrics.summary(y_true, probs.argmax(1), list(ckpt.labels))
+    result = metrics.summary(y_true, probs.argmax(1), list(ckpt.labels)) | skips.summary()
     if plot is not None:
         plot_confusion(result, plot)
     return result
@@ -93,6 +67,8 @@ def plot_confusion(result: dict, path: Path) -> None:
     ax.set_ylabel("true")
     ax.set_title(f"n={result['n']}  WAR {100 * result['war']:.1f}%  UAR {100 * result['uar']:.1f}%")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_write(path) as f:  # exactly `path` (savefig would add ".png" to a name without one)
+            fig.savefig(f, format="png", dpi=120)
+    finally:
+        plt.close(fig)

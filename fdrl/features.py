@@ -1,12 +1,12 @@
 """From `Item`s to `Sample`s: the frozen encoders, run once per utterance and cached on disk.
 
 Audio is first cropped to its speech by the same VAD the live pipeline cuts utterances with, so
-the model trains and is evaluated on what it will see live (a whole RAVDESS clip carries ~0.9 s
-of leading silence that a live segment never has; training on whole clips cost about 10 points of
-accuracy through the pipeline). One Whisper encoder pass then gives both the transcript (with word
-timestamps) and the audio frames;
-the transcript's words are then encoded by MiniLM, and each word's tokens are tied to its audio
-frames (`word_spans`) for the fine-grained alignment. Each encoder's output is cached under a key
+the model trains and is evaluated on what it will see live (acted clips carry leading and
+trailing silence that a live segment never has; the model card says what training on whole
+clips cost). One Whisper encoder pass then gives both the transcript (with word timestamps) and
+the audio frames; the transcript's words are then encoded by MiniLM, and each word's tokens are
+tied to its audio frames for the fine-grained alignment. How encoder outputs become the model's
+input is `fdrl.inputs.Recipe`, shared with the live engine. Each encoder's output is cached under a key
 made of its input (file content, words) and its identity, so re-training never re-encodes, a
 changed encoder never reuses stale features, and tuning MiniLM does not re-run Whisper.
 """
@@ -16,57 +16,25 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
+import logging
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from fdrl.audio import SAMPLE_RATE, decode_audio
-from fdrl.config import Config
+from fdrl import asr_gate
+from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE, decode_audio
+from fdrl.config import Config, Vad
 from fdrl.data import Item
-from fdrl.prosody import PROSODY_ID, join, prosody
-from fdrl.text import tuned_id, tuned_path
-from fdrl.vad import Segment, Segmenter, VadOptions
-
-WHISPER_FPS = 50  # Whisper encoder frames per second (20 ms hop)
-
-
-@dataclass
-class Sample:
-    """One encoded utterance: the model's input. Absent modalities are None."""
-
-    label: int                              # index into the label set; -1 when unknown
-    speaker: str
-    audio: np.ndarray | None = None         # [T_a, 384 (+6)] Whisper encoder frames (every stride-th), prosody appended
-    text: np.ndarray | None = None          # [T_t, 384] MiniLM token states, [CLS] ... [SEP]
-    vision: np.ndarray | None = None        # [T_v, FACE_DIM] per-frame face features
-    word_spans: np.ndarray | None = None    # [W, 4] int32 (audio_start, audio_end, token_start, token_end)
-    transcript: str = ""
-    face_posterior: np.ndarray | None = None  # [C] mean face posterior over the utterance (late fusion)
+from fdrl.errors import UserError
+from fdrl.inputs import Recipe, Sample, encoder_ids, face_input
+from fdrl.outputs import atomic_write, os_reason, probe_folder
+from fdrl.prosody import PROSODY_ID
+from fdrl.vad import Segment, Segmenter
 
 
-def word_spans(words: Sequence[tuple[float, float]], word_ids: np.ndarray, stride: int, n_frames: int) -> np.ndarray:
-    """Tie each word's tokens to the audio frames of its time span (half-open index ranges).
-
-    `words` are (start, end) seconds per word, `word_ids` the source word of every token (-1 for
-    special tokens). Words that lost all their tokens to truncation are skipped.
-    """
-    rows = []
-    fps = WHISPER_FPS / stride
-    for w, (start, end) in enumerate(words):
-        tokens = np.flatnonzero(word_ids == w)
-        if len(tokens) == 0:
-            continue
-        a0 = min(int(math.floor(start * fps)), n_frames - 1)
-        a1 = min(max(int(math.ceil(end * fps)), a0 + 1), n_frames)
-        rows.append((a0, a1, int(tokens[0]), int(tokens[-1]) + 1))
-    return np.asarray(rows, dtype=np.int32).reshape(-1, 4)
-
-
-def speech_span(audio: np.ndarray, options: VadOptions) -> tuple[int, int] | None:
+def speech_span(audio: np.ndarray, options: Vad) -> tuple[int, int] | None:
     """Sample range from the start of the first VAD segment to the end of the last (None: no speech).
 
     The segments carry the pipeline's pre-roll and tail, so a cropped clip looks like a live one.
@@ -91,30 +59,46 @@ class FeatureCache:
 
     Each part is keyed by its own input and the identity of the encoder that made it, so changing
     one encoder (tuning MiniLM, a new VAD crop) re-runs only that encoder.
+
+    The cache only saves time, so it never costs a run: a folder that cannot be written is found
+    at construction (a probe file), before any encoding, and the run goes on without storing
+    features after one warning (what is already there is still read); so does a write that fails
+    later (a disk that fills up). Entries are
+    written through `atomic_write`, whose temporary names are unique per process and thread, so
+    two runs that encode the same item at once both succeed and a reader never sees half an entry.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, warn: Callable[[str], None] | None = None) -> None:
         self.root = root / "features"
+        self._warn = warn or logging.getLogger(__name__).warning
+        self.writable = True
+        try:
+            probe_folder(self.root)
+        except OSError as e:
+            self._stop_writing(f"feature cache {self.root} cannot be written: {os_reason(e)}")
+
+    def _stop_writing(self, reason: str) -> None:
+        self.writable = False
+        self._warn(f"{reason}; going on without storing features (paths.cache_dir sets the cache folder)")
 
     def _path(self, part: str, key: str) -> Path:
         return self.root / part / key[:2] / f"{key}.npz"
 
     def get(self, part: str, key: str) -> dict[str, np.ndarray] | None:
-        path = self._path(part, key)
-        if not path.is_file():
-            return None
         try:
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(self._path(part, key), allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-            return None  # damaged (a full disk, a crash mid-copy): recompute
+            return None  # not there, unreadable or damaged (a full disk, a crash mid-copy): recompute
 
     def put(self, part: str, key: str, arrays: dict[str, np.ndarray]) -> None:
-        path = self._path(part, key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, **arrays)
-        tmp.replace(path)  # atomic: readers never see half a file
+        if not self.writable:
+            return
+        try:
+            with atomic_write(self._path(part, key), durable=False) as f:  # a lost entry is recomputed
+                np.savez(f, **arrays)
+        except OSError as e:  # an OutputError: its message names the entry and the reason
+            self._stop_writing(str(e))
 
 
 def _clip_key(identity: str, item: Item, path: Path, *extra: str) -> str:
@@ -128,8 +112,10 @@ class FeatureExtractor:
     def __init__(self, cfg: Config, device: str = "cpu", cache: bool = True) -> None:
         self.cfg = cfg
         self.device = device
-        self.stride = cfg.encoders.audio_frame_stride
-        self.vad = VadOptions.from_config(cfg.vad)
+        self.recipe = Recipe.from_config(cfg)
+        self.gate = asr_gate.Gate.from_config(cfg)
+        self.stride = self.recipe.stride
+        self.vad = cfg.vad
         self._whisper = None
         self._text = None
         self._face = None
@@ -137,17 +123,8 @@ class FeatureExtractor:
 
     @functools.cached_property
     def encoder_ids(self) -> dict[str, object]:
-        """What a checkpoint must match: the identity of every encoder feeding the model.
-
-        The VAD crop is not part of it (a checkpoint stays usable when a user tunes the live VAD);
-        it only keys the cached audio features. Computed once: it hashes the text tuning file
-        (6 ms), and every batch's cache keys read it.
-        """
-        e = self.cfg.encoders
-        return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}",
-                "text": f"{e.text_model}:{e.text_max_tokens}:{tuned_id(tuned_path(self.cfg))}",
-                "audio_frame_stride": e.audio_frame_stride, "prosody": PROSODY_ID if e.prosody else "off",
-                "face": Path(self.cfg.paths.face_weights).name}
+        """`fdrl.inputs.encoder_ids`, computed once: every batch's cache keys read it."""
+        return encoder_ids(self.cfg)
 
     @property
     def whisper(self):
@@ -177,7 +154,7 @@ class FeatureExtractor:
         samples: list[Sample] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            samples += [_to_sample(arrays, index.get(it.label, -1), it.speaker)
+            samples += [_to_sample(arrays, index.get(it.label, -1), it.speaker, it.corpus)
                         for it, arrays in zip(chunk, self.encode(chunk))]
             if progress:
                 progress(len(chunk))
@@ -193,20 +170,22 @@ class FeatureExtractor:
         audio_idx = [i for i, it in enumerate(items) if it.audio is not None]
         for i, part in zip(audio_idx, self._audio_parts([items[i] for i in audio_idx])):
             out[i].update(part)
-        if self.cfg.encoders.prosody and audio_idx:
+        if self.recipe.prosody and audio_idx:
             for i, part in zip(audio_idx, self._prosody_parts([items[i] for i in audio_idx])):
-                out[i]["audio"] = join(out[i]["audio"], part["prosody"])
+                out[i]["audio"] = self.recipe.audio(out[i]["audio"], part["prosody"])
+        self._gate_transcripts(items, out)
         words: list[list[str]] = []
         for it, arrays in zip(items, out):
             if it.text is not None:
                 arrays["transcript"] = np.array(it.text)
             words.append(it.text.split() if it.text is not None else [str(w) for w in arrays.pop("words", [])])
         with_text = [i for i in range(len(items)) if words[i]]
-        for i, part in zip(with_text, self._text_parts([words[i] for i in with_text])):
+        contexts = [self.recipe.context(items[i].context) for i in with_text]
+        for i, part in zip(with_text, self._text_parts([words[i] for i in with_text], contexts)):
             out[i]["text"] = part["text"]
             times = out[i].pop("word_times", None)
             if times is not None:
-                out[i]["word_spans"] = word_spans(times, part["word_ids"], self.stride, len(out[i]["audio"]))
+                out[i]["word_spans"] = self.recipe.word_spans(times, part["word_ids"], len(out[i]["audio"]))
         video_idx = [i for i, it in enumerate(items) if it.video is not None]
         for i, part in zip(video_idx, self._video_parts([items[i] for i in video_idx])):
             out[i].update(part)
@@ -240,8 +219,9 @@ class FeatureExtractor:
             need_asr = [items[i].text is None for i in idx]
             parts = []
             for asr, (frames, transcript) in zip(need_asr, self.whisper.process(audios, transcribe=any(need_asr))):
-                arrays = {"audio": frames[:: self.stride].astype(np.float16)}
+                arrays = {"audio": self.recipe.whisper_frames(frames)}
                 if asr and transcript is not None:
+                    arrays["asr_scores"] = asr_gate.scores(transcript)
                     arrays |= {"transcript": np.array(transcript.text.strip()),
                                "words": np.array([w.text.strip() for w in transcript.words], dtype=str),
                                "word_times": np.array([(w.start, w.end) for w in transcript.words],
@@ -251,6 +231,35 @@ class FeatureExtractor:
 
         return self._cached("audio", len(items), key, compute)
 
+    def _gate_transcripts(self, items: Sequence[Item], out: list[dict[str, np.ndarray]]) -> None:
+        """Drop the transcribed words the ASR was unsure of (`fdrl.asr_gate`, the live engine's rule):
+        such a clip is labelled from its voice alone, and `text_dropped` says why.
+
+        Audio parts cached before the gate existed carry no ASR scores; theirs come from one more
+        Whisper pass, cached apart (`_score_parts`), once. With the gate off nothing is computed.
+        """
+        if self.gate.off:
+            return
+        asr = [i for i, it in enumerate(items) if it.audio is not None and it.text is None and "words" in out[i]]
+        missing = [i for i in asr if "asr_scores" not in out[i]]
+        for i, part in zip(missing, self._score_parts([items[i] for i in missing])):
+            out[i]["asr_scores"] = part["asr_scores"]
+        for i in asr:
+            reason = asr_gate.text_verdict(out[i].pop("asr_scores"), self.gate)
+            if reason == asr_gate.LOW_CONFIDENCE:
+                out[i].pop("words", None)
+                out[i].pop("word_times", None)
+                out[i]["text_dropped"] = np.array(reason)
+
+    def _score_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
+        """The ASR gate's scores (`fdrl.asr_gate.scores`) of clips whose audio part predates them."""
+        identity = json.dumps({"whisper": self.encoder_ids["whisper"], "vad_crop": dataclasses.asdict(self.vad),
+                               "asr_scores": 1}, sort_keys=True)
+        return self._cached(
+            "asr_scores", len(items), lambda i: _clip_key(identity, items[i], items[i].audio),
+            lambda idx: [{"asr_scores": asr_gate.scores(transcript)}
+                         for _, transcript in self.whisper.process([self.speech(items[i]) for i in idx])])
+
     def _prosody_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
         """Prosody rows of the same VAD-cropped speech, on the audio frames' grid (kept apart from
         Whisper's part, so switching `encoders.prosody` never re-runs Whisper)."""
@@ -258,15 +267,18 @@ class FeatureExtractor:
                               sort_keys=True)
         return self._cached(
             "prosody", len(items), lambda i: _clip_key(identity, items[i], items[i].audio),
-            lambda idx: [{"prosody": prosody(self.speech(items[i]))[:: self.stride].astype(np.float16)} for i in idx])
+            lambda idx: [{"prosody": self.recipe.prosody_frames(self.speech(items[i]))} for i in idx])
 
-    def _text_parts(self, words: Sequence[list[str]]) -> list[dict[str, np.ndarray]]:
-        """MiniLM token states of each word sequence, with each token's source word."""
+    def _text_parts(self, words: Sequence[list[str]], contexts: Sequence[tuple[str, ...]]) -> list[dict[str, np.ndarray]]:
+        """MiniLM token states of each word sequence read with its context turns (`Recipe.context`),
+        with each token's source word. The context is part of the key: the same words said after
+        other turns have other states."""
         identity = self.encoder_ids["text"]
+        key = lambda i: _digest(str(identity), json.dumps(words[i]), *(["context", *contexts[i]] if contexts[i] else []))
         return self._cached(
-            "text", len(words), lambda i: _digest(str(identity), json.dumps(words[i])),
-            lambda idx: [{"text": states.astype(np.float16), "word_ids": word_ids}
-                         for states, word_ids in self.text.encode([words[i] for i in idx])])
+            "text", len(words), key,
+            lambda idx: [{"text": self.recipe.text(states), "word_ids": word_ids}
+                         for states, word_ids in self.text.encode([words[i] for i in idx], contexts=[contexts[i] for i in idx])])
 
     def _video_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
         identity = json.dumps({"face": self.encoder_ids["face"], **dataclasses.asdict(self.cfg.face)}, sort_keys=True)
@@ -275,8 +287,12 @@ class FeatureExtractor:
             lambda idx: [self.encode_video(items[i]) for i in idx])
 
     def speech(self, item: Item) -> np.ndarray:
-        """The item's audio (its time span), cropped to the speech."""
-        return self.crop(decode_audio(item.audio, item.start, item.end))
+        """The item's audio (its time span), cropped to the speech; a UserError when too short to label."""
+        audio = decode_audio(item.audio, item.start, item.end)
+        if audio.size < MIN_SPEECH_SAMPLES:
+            raise UserError(f"{item.audio}: {audio.size / SAMPLE_RATE:.3f} s of audio is too short to label "
+                            f"(at least {MIN_SPEECH_SAMPLES / SAMPLE_RATE:g} s: give a longer clip)")
+        return self.crop(audio)
 
     def crop(self, audio: np.ndarray) -> np.ndarray:
         """The speech part of a clip, as the live VAD would cut it; the whole clip if VAD hears none."""
@@ -287,15 +303,12 @@ class FeatureExtractor:
         """Face features at `face.rate_hz` over the item's time span; nothing if no face is ever seen."""
         from fdrl.video import read_frames
         frames = [f for _, f in read_frames(item.video, self.cfg.face.rate_hz, item.start, item.end)]
-        faces = [r for r in self.face.analyze_batch(frames) if r is not None] if frames else []
-        if not faces:
-            return {}
-        return {"vision": np.stack([r.features for r in faces]).astype(np.float16),
-                "face_posterior": np.mean([r.posterior for r in faces], axis=0).astype(np.float32)}
+        vision, posterior = face_input([r for r in self.face.analyze_batch(frames) if r is not None] if frames else [])
+        return {} if vision is None else {"vision": vision, "face_posterior": posterior}
 
 
-def _to_sample(arrays: dict[str, np.ndarray], label: int, speaker: str) -> Sample:
+def _to_sample(arrays: dict[str, np.ndarray], label: int, speaker: str, corpus: str = "") -> Sample:
     get = arrays.get
     return Sample(label=label, speaker=speaker, audio=get("audio"), text=get("text"), vision=get("vision"),
                   word_spans=get("word_spans"), transcript=str(get("transcript", "")),
-                  face_posterior=get("face_posterior"))
+                  face_posterior=get("face_posterior"), corpus=corpus)

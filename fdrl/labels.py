@@ -13,5 +13,16 @@ GOEMOTIONS = {0: "anger", 1: "disgust", 2: "fear", 3: "happiness", 4: "neutral",
 # IEMOCAP's usual 4-class protocol: excited merges into happiness; other codes are dropped.
 IEMOCAP = {"neu": "neutral", "hap": "happiness", "exc": "happiness", "sad": "sadness", "ang": "anger"}
 
+# TESS file name emotion -> canonical ("ps" is pleasant surprise).
+TESS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "neutral": "neutral",
+        "ps": "surprise", "sad": "sadness"}
+
+# EMOVO file name emotion (Italian) -> canonical.
+EMOVO = {"dis": "disgust", "gio": "happiness", "neu": "neutral", "pau": "fear", "rab": "anger",
+         "sor": "surprise", "tri": "sadness"}
+
+# DailyDialog emotion codes -> canonical (0 = no emotion).
+DAILYDIALOG = {0: "neutral", 1: "anger", 2: "disgust", 3: "fear", 4: "happiness", 5: "sadness", 6: "surprise"}
+
 # FER2013 (mini-Xception output order) -> canonical.
 FER2013 = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")

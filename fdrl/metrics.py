@@ -5,15 +5,16 @@ recall over classes, the usual headline number for imbalanced emotion corpora.
 
 Which classes count: UAR and macro-F1 average over the classes PRESENT IN y_true. A corpus that
 lacks a class of the label set (IEMOCAP has no fear) is then not punished for it, while a wrong
-prediction of such a class still costs: it is a miss of the sample's true class. This matches scikit-learn's
-`recall_score(average="macro", labels=present)` and `f1_score(average="macro", labels=present)`
-with present = the classes in y_true.
+prediction of such a class still costs: it is a miss of the sample's true class. The arithmetic is
+scikit-learn's (`recall_score` / `f1_score` with `average="macro", labels=present`); this module
+fixes the conventions and the JSON shape.
 """
 from __future__ import annotations
 
 from typing import Any
 
 import numpy as np
+import sklearn.metrics as sk
 
 from fdrl.errors import UserError
 
@@ -33,44 +34,33 @@ def _labels(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int | None = None
 def confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
     """[n_classes, n_classes] counts: row = true class, column = predicted class."""
     y_true, y_pred = _labels(y_true, y_pred, n_classes)
-    return np.bincount(y_true * n_classes + y_pred, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
+    return sk.confusion_matrix(y_true, y_pred, labels=np.arange(n_classes))
 
 
 def war(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Weighted average recall = accuracy."""
-    y_true, y_pred = _labels(y_true, y_pred)
-    return float(np.mean(y_true == y_pred))
+    return float(sk.accuracy_score(*_labels(y_true, y_pred)))
 
 
 def per_class(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> dict[int, dict[str, float]]:
     """Precision, recall, F1 and support of every class; a ratio with a zero denominator is 0."""
-    cm = confusion(y_true, y_pred, n_classes)
-    tp, support, predicted = np.diag(cm), cm.sum(1), cm.sum(0)
-    fp, fn = predicted - tp, support - tp
-
-    def ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.divide(a, b, out=np.zeros(len(a)), where=b > 0)
-
-    precision, recall, f1 = ratio(tp, predicted), ratio(tp, support), ratio(2 * tp, 2 * tp + fp + fn)
+    y_true, y_pred = _labels(y_true, y_pred, n_classes)
+    precision, recall, f1, support = sk.precision_recall_fscore_support(
+        y_true, y_pred, labels=np.arange(n_classes), zero_division=0)
     return {c: {"precision": float(precision[c]), "recall": float(recall[c]), "f1": float(f1[c]), "support": int(support[c])}
             for c in range(n_classes)}
 
 
-def _present_mean(y_true: np.ndarray, y_pred: np.ndarray, key: str) -> float:
-    y_true, y_pred = _labels(y_true, y_pred)
-    n_classes = int(max(y_true.max(), y_pred.max())) + 1
-    stats = per_class(y_true, y_pred, n_classes)
-    return float(np.mean([stats[c][key] for c in np.unique(y_true)]))
-
-
 def uar(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Unweighted average recall: mean recall over the classes present in y_true."""
-    return _present_mean(y_true, y_pred, "recall")
+    y_true, y_pred = _labels(y_true, y_pred)
+    return float(sk.recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
     """Mean F1 over the classes present in y_true (false positives on other classes still lower precision)."""
-    return _present_mean(y_true, y_pred, "f1")
+    y_true, y_pred = _labels(y_true, y_pred)
+    return float(sk.f1_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0))
 
 
 def summary(y_true: np.ndarray, y_pred: np.ndarray, labels: list[str]) -> dict[str, Any]:

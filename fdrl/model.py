@@ -350,11 +350,4 @@ def _check(cfg: config.Model, dims: dict[str, int], n_classes: int) -> None:
         raise UserError("the model needs at least one modality: the training data has no audio, text or vision features")
     if n_classes < 2:
         raise UserError(f"the model needs at least 2 classes, got {n_classes} (check labels.names)")
-    if cfg.d_model < 1 or cfg.n_heads < 1 or cfg.d_model % cfg.n_heads:
-        raise UserError(f"model.d_model ({cfg.d_model}) must be a positive multiple of model.n_heads ({cfg.n_heads})")
-    if cfg.shared_layers < 0 or cfg.private_layers < 0:
-        raise UserError("model.shared_layers and model.private_layers must be >= 0")
-    if not 0.0 <= cfg.dropout < 1.0:
-        raise UserError(f"model.dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.fusion not in ("fdrl", "concat") or cfg.alignment not in ("word", "soft", "none"):
-        raise UserError(f"model.fusion must be fdrl|concat and model.alignment word|soft|none, got {cfg.fusion!r}, {cfg.alignment!r}")
+    cfg.check()  # the `[model]` keys' ranges, defined once in fdrl/config.py

@@ -10,6 +10,13 @@ The top layers may be replaced by ones fine-tuned on GoEmotions (`encoders.text_
 
 Input is pre-split words (Whisper's words, or `text.split()`), and every token keeps the index of
 the word it came from, so the model can align text tokens with the audio of each word.
+
+A turn may come with **context**, the turns said before it in the same conversation
+(`fdrl.inputs.context_window`: DailyDialog's dialogues and manifest `"context"` offline, a stream's
+own transcripts live). It is read as the second segment of a BERT sentence pair,
+`[CLS] turn [SEP] context [SEP]`, with the turn first, so the turn's tokens keep their positions
+and word ids whatever the context; the context's tokens are only attended to and are not
+returned: the model's text input is still the turn's own tokens, now informed by what came before.
 """
 from __future__ import annotations
 
@@ -84,12 +91,14 @@ class Bert(nn.Module):
         self.ln = nn.LayerNorm(c.hidden, eps=c.eps)
         self.layers = nn.ModuleList(Layer(c) for _ in range(c.layers))
 
-    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
         """ids, mask: [B, L] (mask True on real tokens) -> last-layer states [B, L, hidden]."""
-        return run_layers(self.layers, self.embed(ids), mask)
+        return run_layers(self.layers, self.embed(ids, segments), mask)
 
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.ln(self.tok(ids) + self.pos.weight[: ids.shape[1]] + self.seg.weight[0])
+    def embed(self, ids: torch.Tensor, segments: torch.Tensor | None = None) -> torch.Tensor:
+        """Token + position + segment embeddings; `segments` [B, L] is 1 on context tokens (None: all 0)."""
+        seg = self.seg.weight[0] if segments is None else self.seg(segments)
+        return self.ln(self.tok(ids) + self.pos.weight[: ids.shape[1]] + seg)
 
 
 def run_layers(layers: Sequence[Layer], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -175,6 +184,20 @@ def _words(text: str | Sequence[str]) -> list[str]:
     return text.split() if isinstance(text, str) else list(text)
 
 
+@dataclass(frozen=True)
+class TokenRow:
+    """One turn as MiniLM reads it: `[CLS] turn [SEP]`, then its context tokens (if any) and `[SEP]`."""
+
+    ids: list[int]
+    segments: list[int]        # 0 on the turn's tokens, 1 on the context's
+    word_ids: np.ndarray       # int32, one per token of the turn (-1 = [CLS]/[SEP])
+
+    @property
+    def own(self) -> int:
+        """How many leading tokens are the turn's own (the model's text input)."""
+        return len(self.word_ids)
+
+
 class TextEncoder:
     """Words -> last-layer MiniLM token states, with the source word of every token."""
 
@@ -203,7 +226,7 @@ class TextEncoder:
     @functools.cached_property
     def model_id(self) -> str:
         """The exact weights (tuned layers included) and truncation length. Computed on demand:
-        hashing the 90 MB weights took 62 ms, and loading for inference does not need it."""
+        hashing the weights is slow, and loading for inference does not need it."""
         tuned = f":{self._tuned_key}" if self._tuned_key else ""
         return f"all-MiniLM-L6-v2:{_sha256(self._weights)[:12]}:max{self.max_tokens}{tuned}"
 
@@ -211,23 +234,54 @@ class TextEncoder:
     def from_config(cls, cfg: Config, device: str = "cpu") -> TextEncoder:
         return cls(cfg.encoders.text_model, device, cfg.encoders.text_max_tokens, tuned_path(cfg))
 
-    def encode(self, texts: Sequence[Sequence[str] | str], layers: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode(self, texts: Sequence[Sequence[str] | str], layers: int | None = None,
+               contexts: Sequence[Sequence[str]] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Per text: token states float32 [L, 384] (with [CLS] and [SEP]) and word ids int32 [L] (-1 = special).
 
         `layers` stops after that many transformer layers (None: all; `fdrl tune-text` runs the frozen ones).
+        `contexts` gives each text its context turns (from `context_window`); the states are those of
+        the text's own tokens, computed with the context in view.
 
         Each text is a list of words; a plain string is split on whitespace.
         """
+        rows = self.tokenize(texts, contexts)
+        return [(states[: row.own].copy(), row.word_ids) for row, states in zip(rows, self.states(rows, layers))]
+
+    def tokenize(self, texts: Sequence[Sequence[str] | str],
+                 contexts: Sequence[Sequence[str]] | None = None) -> list[TokenRow]:
+        """Token rows of `texts`, each followed by its context when one is given.
+
+        The turn is tokenized exactly as without context (truncated to `max_tokens` first); its
+        context gets what is left of `max_tokens`, the most recent tokens kept, turns separated by
+        [SEP]: the turn's own words always win over what was said before.
+        """
         encodings = self.tokenizer.encode_batch([_words(t) for t in texts], is_pretokenized=True)
-        out: list[tuple[np.ndarray, np.ndarray]] = [None] * len(encodings)  # type: ignore[list-item]
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))  # similar lengths pad less
+        rows = [TokenRow(list(e.ids), [0] * len(e.ids),
+                         np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int32)) for e in encodings]
+        if not contexts:
+            return rows
+        if len(contexts) != len(rows):
+            raise ValueError(f"{len(contexts)} contexts for {len(rows)} texts")
+        turns = sorted({t for c in contexts for t in c})
+        pieces = dict(zip(turns, (e.ids for e in self.tokenizer.encode_batch(turns, add_special_tokens=False))))
+        sep = self.tokenizer.token_to_id("[SEP]")
+        for k, (row, context) in enumerate(zip(rows, contexts)):
+            room = self.max_tokens - len(row.ids)
+            if not context or room < 2:  # at least one token and its [SEP]
+                continue
+            tail = [i for t in context for i in (*pieces[t], sep)][-room:]
+            rows[k] = TokenRow(row.ids + tail, row.segments + [1] * len(tail), row.word_ids)
+        return rows
+
+    def states(self, rows: Sequence[TokenRow], layers: int | None = None) -> list[np.ndarray]:
+        """Token states float32 [len(row.ids), 384] of every token of each row, context included."""
+        out: list[np.ndarray] = [None] * len(rows)  # type: ignore[list-item]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i].ids))  # similar lengths pad less
         for start in range(0, len(order), BATCH_SIZE):
             chunk = order[start:start + BATCH_SIZE]
-            states = self._forward([encodings[i].ids for i in chunk], layers)
+            states = self._forward([rows[i] for i in chunk], layers)
             for row, i in enumerate(chunk):
-                e = encodings[i]
-                word_ids = np.array([-1 if w is None else w for w in e.word_ids], dtype=np.int32)
-                out[i] = (states[row, : len(e.ids)].copy(), word_ids)
+                out[i] = states[row, : len(rows[i].ids)].copy()
         return out
 
     def sentence_embedding(self, texts: Sequence[Sequence[str] | str]) -> np.ndarray:
@@ -236,13 +290,16 @@ class TextEncoder:
         v = np.stack(pooled) if pooled else np.zeros((0, TEXT_DIM), np.float32)
         return (v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)).astype(np.float32)
 
-    def _forward(self, batch_ids: list[list[int]], layers: int | None = None) -> np.ndarray:
-        L = max(len(ids) for ids in batch_ids)
-        ids = torch.zeros(len(batch_ids), L, dtype=torch.long)
-        mask = torch.zeros(len(batch_ids), L, dtype=torch.bool)
-        for row, seq in enumerate(batch_ids):
-            ids[row, : len(seq)] = torch.tensor(seq)
-            mask[row, : len(seq)] = True
+    def _forward(self, rows: Sequence[TokenRow], layers: int | None = None) -> np.ndarray:
+        L = max(len(r.ids) for r in rows)
+        ids = torch.zeros(len(rows), L, dtype=torch.long)
+        segments = torch.zeros(len(rows), L, dtype=torch.long)
+        mask = torch.zeros(len(rows), L, dtype=torch.bool)
+        for k, r in enumerate(rows):
+            ids[k, : len(r.ids)] = torch.tensor(r.ids)
+            segments[k, : len(r.ids)] = torch.tensor(r.segments)
+            mask[k, : len(r.ids)] = True
         with torch.inference_mode():
-            states = run_layers(self.net.layers[:layers], self.net.embed(ids.to(self.device)), mask.to(self.device))
+            x = self.net.embed(ids.to(self.device), segments.to(self.device))
+            states = run_layers(self.net.layers[:layers], x, mask.to(self.device))
         return states.float().cpu().numpy()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,10 +20,15 @@ import torch
 
 from fdrl import metrics
 from fdrl.config import Config
-from fdrl.features import Sample
+from fdrl.inputs import Sample
 from fdrl.losses import class_weights
 from fdrl.model import FDRL, Batch, collate
-from fdrl.speaker import SpeakerNorm, standardize
+from fdrl.calibration import ece, fit_temperature, softmax
+from fdrl.predict import predict_logits, predict_proba
+from fdrl.skips import SkipLog, extract_each
+from fdrl.speaker import SpeakerNorm, SubsetNorm, standardize
+
+log = logging.getLogger(__name__)
 
 
 def input_dims(samples: Sequence[Sample]) -> dict[str, int]:
@@ -48,19 +54,55 @@ def _groups(samples: Sequence[Sample]) -> dict[tuple[bool, bool, bool], list[int
     return groups
 
 
+def epoch_draw(samples: Sequence[Sample], rng: np.random.Generator, text_only_per_epoch: int,
+               balance_corpora: bool = False) -> np.ndarray:
+    """The sample indices of one epoch: the speech clips (every one, or each corpus equally), plus a
+    fresh random draw of `text_only_per_epoch` text-only samples (GoEmotions' 40k rows would otherwise
+    drown 1.2k clips).
+
+    With `balance_corpora`, each speech corpus (`Sample.corpus`) contributes the same number of clips,
+    the mean corpus size, so the epoch is as long as before: a larger corpus gives a fresh random
+    subset each epoch, a smaller one all its clips and a random repeat of some. Why: TESS's 2,795
+    clips of two speakers would otherwise outweigh EMOVO's 588 of six and teach the voices of two
+    women rather than emotion in a voice.
+    """
+    speech = [i for i, s in enumerate(samples) if s.audio is not None or s.vision is not None]
+    text_only = np.array([i for i, s in enumerate(samples) if s.audio is None and s.vision is None and s.text is not None],
+                         dtype=np.int64)
+    if 0 < text_only_per_epoch < len(text_only):
+        text_only = rng.choice(text_only, text_only_per_epoch, replace=False)
+    corpora: dict[str, list[int]] = {}
+    for i in speech:
+        corpora.setdefault(samples[i].corpus, []).append(i)
+    if not balance_corpora or len(corpora) < 2:
+        chosen = np.array(speech, dtype=np.int64)
+    else:
+        share = round(len(speech) / len(corpora))
+        parts = []
+        for members in corpora.values():
+            idx = np.array(members, dtype=np.int64)
+            if len(idx) >= share:
+                parts.append(rng.choice(idx, share, replace=False))
+            else:
+                parts += [idx, rng.choice(idx, share - len(idx), replace=True)]
+        chosen = np.concatenate(parts)
+    return np.concatenate([chosen, text_only]).astype(np.int64)
+
+
 def epoch_batches(samples: Sequence[Sample], rng: np.random.Generator, batch_size: int,
-                  text_only_per_epoch: int) -> list[np.ndarray]:
-    """One epoch of batches: every sample with audio or vision, plus a fresh random draw of
-    `text_only_per_epoch` text-only samples (GoEmotions' 40k rows would otherwise drown 1.2k clips).
+                  text_only_per_epoch: int, balance_corpora: bool = False) -> list[np.ndarray]:
+    """One epoch of batches over `epoch_draw`'s samples.
 
     Each batch holds samples with the same modalities, so a text-only batch never pays for padded
     audio frames (a mixed batch runs every encoder over every row); batch order is shuffled.
     """
+    drawn = epoch_draw(samples, rng, text_only_per_epoch, balance_corpora)
+    groups: dict[tuple[bool, bool, bool], list[int]] = {}
+    for i in drawn:
+        groups.setdefault(_present(samples[i]), []).append(int(i))
     batches = []
-    for key, members in _groups(samples).items():
+    for members in groups.values():
         idx = np.array(members, dtype=np.int64)
-        if key == (False, True, False) and 0 < text_only_per_epoch < len(idx):
-            idx = rng.choice(idx, text_only_per_epoch, replace=False)
         rng.shuffle(idx)
         batches += [idx[i:i + batch_size] for i in range(0, len(idx), batch_size)]
     order = rng.permutation(len(batches))
@@ -86,17 +128,28 @@ def drop_text(batch: Batch, p: float, generator: torch.Generator) -> Batch:
 
 
 def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: int | None = None,
-                on_epoch: Callable[[int, dict[str, float]], None] | None = None) -> FDRL:
-    """Fit an FDRL head on encoded samples with the hyper-parameters in `cfg.train` and `cfg.loss`."""
+                on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+                norm: SpeakerNorm | None = None) -> FDRL:
+    """Fit an FDRL head on encoded samples with the hyper-parameters in `cfg.train` and `cfg.loss`.
+
+    `norm` None: the samples are the model's input as they are (already standardized, or a model
+    without speaker normalization). Given, the samples are raw and are standardized here: by all of
+    each speaker's clips, or, with `train.speaker_subsets`, by a fresh random subset of them in every
+    batch (`SubsetNorm`), as live use and speaker-less manifests see them.
+    """
     seed = cfg.train.seed if seed is None else seed
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
+    t = cfg.train
+    subsets = SubsetNorm(samples, norm) if norm is not None and t.speaker_subsets else None
+    if norm is not None and subsets is None:
+        samples = standardize(samples, norm)
     dims = input_dims(samples)
     model = FDRL(cfg.model, dims, n_classes)
-    t = cfg.train
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    steps_per_epoch = len(epoch_batches(samples, np.random.default_rng(seed), t.batch_size, t.goemotions_per_epoch))
+    steps_per_epoch = len(epoch_batches(samples, np.random.default_rng(seed), t.batch_size, t.goemotions_per_epoch,
+                                        t.balance_corpora))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=max(1, steps_per_epoch * t.epochs), pct_start=0.1)
     # Balanced per corpus kind (speech vs text-only): GoEmotions' counts must not set RAVDESS's weights.
     weights = {key: class_weights(np.array([samples[i].label for i in members]), n_classes)
@@ -104,9 +157,10 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
     for epoch in range(t.epochs):
         model.train()
         totals: dict[str, float] = {}
-        batches = epoch_batches(samples, rng, t.batch_size, t.goemotions_per_epoch)
+        batches = epoch_batches(samples, rng, t.batch_size, t.goemotions_per_epoch, t.balance_corpora)
         for b in batches:
-            batch = drop_text(collate([samples[i] for i in b], dims), t.text_dropout, generator)
+            chosen = subsets.draw(samples, b, rng) if subsets is not None else [samples[i] for i in b]
+            batch = drop_text(collate(chosen, dims), t.text_dropout, generator)
             out = model(batch)
             loss, parts = model.loss(batch, out, cfg.loss, class_weights=weights[_present(samples[b[0]])])
             opt.zero_grad(set_to_none=True)
@@ -126,28 +180,6 @@ def fit_speaker_norm(samples: Sequence[Sample], cfg: Config) -> SpeakerNorm | No
     return SpeakerNorm.fit(samples, cfg.model.speaker_prior_frames) if cfg.model.speaker_norm else None
 
 
-def cpu_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX). There the head's forward
-    runs under bf16 autocast: batch 32 took 15.7 ms against 24 ms in float32 on a 2-core EPYC, with
-    posteriors within 0.004 and the same labels. Elsewhere bf16 is emulated, and slower."""
-    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-
-
-@torch.inference_mode()
-def predict_proba(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:
-    """Class posteriors [N, C] of the fused output; `bf16` None = on a CPU that has it (`cpu_bf16`)."""
-    model.eval()
-    device = next(model.parameters()).device
-    bf16 = device.type == "cpu" and cpu_bf16() if bf16 is None else bf16
-    out = []
-    for i in range(0, len(samples), batch_size):
-        batch = collate(list(samples[i:i + batch_size]), model.dims).to(device)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            logits = model(batch).logits
-        out.append(torch.softmax(logits.float(), dim=-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
-
-
 @dataclass
 class FoldResult:
     fold: int
@@ -155,26 +187,74 @@ class FoldResult:
     war: float
     uar: float
     macro_f1: float
+    uar_no_speaker: float = float("nan")     # the same clips, each normalized by itself (no `speaker`)
+    val_idx: list[int] = dataclasses.field(default_factory=list)
+    logits: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # CONDITIONS -> [N_val, C]
+
+
+# What each held-out clip is scored under: its speaker known (all of the speaker's held-out clips),
+# no speaker (normalized by itself), and one branch at a time (for calibrated per-branch fusion).
+CONDITIONS = ("speaker", "no_speaker", "audio", "text")
+
+
+def held_out_logits(model: FDRL, val: Sequence[Sample], norm: SpeakerNorm | None) -> dict[str, np.ndarray]:
+    """Logits of the held-out samples under each of `CONDITIONS` (absent branches give their
+    condition only where the model has them)."""
+    with_speaker = standardize(val, norm)
+    alone = standardize([dataclasses.replace(v, speaker="") for v in val], norm)
+    out = {"speaker": predict_logits(model, with_speaker), "no_speaker": predict_logits(model, alone)}
+    if "audio" in model.dims and "text" in model.dims:
+        out["audio"] = predict_logits(model, [dataclasses.replace(v, text=None, word_spans=None) for v in with_speaker])
+        # A clip without words has no text-only reading: its voice-only logits stand in.
+        out["text"] = np.where(np.array([v.text is not None for v in val])[:, None],
+                               predict_logits(model, [dataclasses.replace(v, audio=None, word_spans=None)
+                                                      if v.text is not None else v for v in with_speaker]), out["audio"])
+    return out
 
 
 def cross_validate(samples: Sequence[Sample], folds: list[tuple[list[int], list[int]]], labels: Sequence[str],
                    cfg: Config, seeds: Sequence[int], extra_train: Sequence[Sample] = (),
                    on_fold: Callable[[FoldResult], None] | None = None) -> list[FoldResult]:
-    """Train on each fold's training speakers (+ `extra_train`, e.g. GoEmotions) and score its held-out speakers."""
+    """Train on each fold's training speakers (+ `extra_train`, e.g. GoEmotions) and score its held-out
+    speakers, with their speaker known and without; each result keeps its held-out logits (for the
+    calibration fitted on held-out folds only)."""
     results = []
     for seed in seeds:
         for k, (train_idx, val_idx) in enumerate(folds):
             train = [samples[i] for i in train_idx] + list(extra_train)
             norm = fit_speaker_norm(train, cfg)  # the held-out speakers are normalized by their own clips
-            model = train_model(standardize(train, norm), len(labels), cfg, seed=seed)
+            model = train_model(train, len(labels), cfg, seed=seed, norm=norm)
             val = [samples[i] for i in val_idx]
-            pred = predict_proba(model, standardize(val, norm)).argmax(1)
-            s = metrics.summary(np.array([v.label for v in val]), pred, list(labels))
-            r = FoldResult(k, seed, s["war"], s["uar"], s["macro_f1"])
+            logits = held_out_logits(model, val, norm)
+            y = np.array([v.label for v in val])
+            s = metrics.summary(y, logits["speaker"].argmax(1), list(labels))
+            alone = metrics.summary(y, logits["no_speaker"].argmax(1), list(labels))
+            r = FoldResult(k, seed, s["war"], s["uar"], s["macro_f1"], alone["uar"], list(val_idx), logits)
             results.append(r)
             if on_fold:
                 on_fold(r)
     return results
+
+
+def held_out_temperature(samples: Sequence[Sample], runs: Sequence[FoldResult], condition: str = "speaker") -> float:
+    """The calibration temperature fitted on every fold's held-out logits (never on training data)."""
+    if not runs:
+        return 1.0
+    logits = np.concatenate([r.logits[condition] for r in runs])
+    y = np.array([samples[i].label for r in runs for i in r.val_idx])
+    return fit_temperature(logits, y)
+
+
+def calibration_report(samples: Sequence[Sample], runs: Sequence[FoldResult]) -> dict[str, tuple[float, float]]:
+    """ECE per fold (mean, std) before and after temperature scaling, each fold's temperature fitted
+    on the other folds' held-out logits only, so no fold is calibrated on itself."""
+    before, after = [], []
+    for k, r in enumerate(runs):
+        y = np.array([samples[i].label for i in r.val_idx])
+        others = [o for j, o in enumerate(runs) if j != k and o.seed == r.seed]
+        before.append(ece(softmax(r.logits["speaker"]), y))
+        after.append(ece(softmax(r.logits["speaker"], held_out_temperature(samples, others)), y))
+    return {"ece": mean_std(before), "ece_calibrated": mean_std(after)}
 
 
 # The ablation: the full model, each component switched off, and the concatenation baseline.
@@ -207,17 +287,31 @@ class Corpora:
     goemotions: Path | None = None        # folder with train.tsv (and dev.tsv, scored after training)
     iemocap: Path | None = None           # IEMOCAP_full_release: leave-one-session-out folds
     manifests: Sequence[Path] = ()
+    tess: Path | None = None              # folder with OAF/ and YAF/
+    emovo: Path | None = None             # folder with f1 ... m3/
+    dailydialog: Path | None = None       # folder with train/: text-only turns with their context (validation/test unused)
 
 
-def train_command(cfg: Config, corpora: Corpora, out: Path, cv: bool = False, ablation: bool = False,
-                  seeds: int | None = None, report: Path | None = None) -> dict:
-    """Encode the corpora (cached), optionally cross-validate and ablate, then fit and save the final model."""
+CV_KINDS = ("speaker", "corpus")  # speaker-independent k-fold, or leave-one-corpus-out
+
+
+def train_command(cfg: Config, corpora: Corpora, out: Path, cv: str | None = None, ablation: bool = False,
+                  seeds: int | None = None, report: Path | None = None, skips: SkipLog | None = None) -> dict:
+    """Encode the corpora (cached), optionally cross-validate and ablate, then fit and save the final model.
+
+    `out` and `report` are checked before any encoding (fdrl.outputs). A line or file of the
+    corpora that cannot be loaded or encoded goes to `skips` (default: strict, the first one is a
+    UserError); the result counts them.
+    """
     from fdrl import checkpoint as ckpt_mod
     from fdrl import data
     from fdrl.errors import UserError
-    from fdrl.evaluate import resolve_device
     from fdrl.features import FeatureExtractor
-    from fdrl.progress import progress, stderr
+    from fdrl.outputs import check_outputs, config_inputs, write_atomic
+    from fdrl.predict import resolve_device
+    from fdrl.progress import progress
+
+    log = skips if skips is not None else SkipLog()
 
     labels = list(cfg.labels.names)
     speech: list = []
@@ -225,59 +319,83 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: bool = False, ab
     dev: list = []
     iemocap = bool(corpora.iemocap)
     if corpora.ravdess:
-        speech += data.load_ravdess(corpora.ravdess)
+        speech += data.load_ravdess(corpora.ravdess, log)
     if corpora.iemocap:
-        speech += data.load_iemocap(corpora.iemocap)
+        speech += data.load_iemocap(corpora.iemocap, skips=log)
+    if corpora.tess:
+        speech += data.load_tess(corpora.tess, log)
+    if corpora.emovo:
+        speech += data.load_emovo(corpora.emovo, log)
     for m in corpora.manifests:
-        for it in data.load_manifest(m, labels):
+        for it in data.load_manifest(m, labels, log, cfg.encoders.text_max_chars):
             (speech if it.audio is not None else text).append(it)
+    if corpora.dailydialog:
+        text += data.load_dailydialog(corpora.dailydialog, "train", log, cfg.encoders.text_max_chars)
     if corpora.goemotions:
-        text += data.load_goemotions(Path(corpora.goemotions) / "train.tsv")
+        text += data.load_goemotions(Path(corpora.goemotions) / "train.tsv", skips=log, max_text_chars=cfg.encoders.text_max_chars)
         if (Path(corpora.goemotions) / "dev.tsv").is_file():
-            dev = data.load_goemotions(Path(corpora.goemotions) / "dev.tsv")
+            dev = data.load_goemotions(Path(corpora.goemotions) / "dev.tsv", skips=log, max_text_chars=cfg.encoders.text_max_chars)
     unknown = sorted({it.label for it in speech + text + dev} - set(labels))
     if unknown:
         raise UserError(f"training labels {unknown} are not in labels.names {labels}: add them to config.toml")
     if not speech and not text:
-        raise UserError("nothing to train on: pass --ravdess, --goemotions, --iemocap or --manifest")
+        raise UserError("nothing to train on: pass --ravdess, --tess, --emovo, --goemotions, --dailydialog, --iemocap or --manifest")
+    if cv is not None and cv not in CV_KINDS:
+        raise UserError(f"--cv {cv}: use one of {', '.join(CV_KINDS)}")
     if seeds is not None and (seeds < 1 or not (cv or ablation)):
         raise UserError(f"--seeds {seeds}: give a count of at least 1, together with --cv or --ablation")
 
-    extractor = FeatureExtractor(cfg, resolve_device(cfg.runtime.device))
-    items = speech + text + dev
-    with progress("encoding", len(items)) as advance:
-        samples = extractor.extract(items, labels, progress=advance)
-    speech_s, text_s, dev_s = samples[:len(speech)], samples[len(speech):len(speech) + len(text)], samples[len(speech) + len(text):]
+    read = [corpora.ravdess, corpora.iemocap, corpora.tess, corpora.emovo, corpora.goemotions, corpora.dailydialog, *corpora.manifests,
+            *config_inputs(cfg)]
+    check_outputs({"--out": out, "--report": report}, [*read, *(f for it in speech + text + dev for f in it.files)])
 
-    result: dict = {"labels": labels, "n_speech": len(speech_s), "n_text": len(text_s), "config": cfg.to_dict()}
+    extractor = FeatureExtractor(cfg, resolve_device(cfg.runtime.device))
+    with progress("encoding", len(speech) + len(text) + len(dev)) as advance:
+        speech, speech_s = extract_each(extractor, speech, labels, log, progress=advance)
+        text, text_s = extract_each(extractor, text, labels, log, progress=advance)
+        dev, dev_s = extract_each(extractor, dev, labels, log, progress=advance)
+    if not speech_s and not text_s:
+        raise UserError(f"nothing to train on: every item was skipped ({len(log)}, see the warnings above)")
+
+    result: dict = {"labels": labels, "n_speech": len(speech_s), "n_text": len(text_s), **log.summary(),
+                    "config": cfg.to_dict()}
     variants = VARIANTS if ablation else ({"FDRL": {}} if cv else {})
     if variants:
-        # IEMOCAP: leave-one-session-out (speaker ids start with 'SesNN'); otherwise speaker-independent k-fold.
-        folds = (data.speaker_folds(speech, 5, cfg.train.seed, group_of=lambda it: it.speaker[:5]) if iemocap
-                 else data.speaker_folds(speech, cfg.train.folds, cfg.train.seed))
+        # Leave-one-corpus-out when asked; IEMOCAP alone: leave-one-session-out (speaker ids start with
+        # 'SesNN'); otherwise speaker-independent k-fold.
+        if cv == "corpus":
+            folds = data.corpus_folds(speech)
+        elif iemocap:
+            folds = data.speaker_folds(speech, 5, cfg.train.seed, group_of=lambda it: it.speaker[:5])
+        else:
+            folds = data.speaker_folds(speech, cfg.train.folds, cfg.train.seed)
     seed_list = [cfg.train.seed + k for k in range(seeds or (3 if ablation else 1))]
     table = {}
+    temperature = 1.0
     for name, changes in variants.items():
         vcfg = variant_config(cfg, changes)
         with progress(f"CV {name}", len(folds) * len(seed_list)) as advance:
             runs = cross_validate(speech_s, folds, labels, vcfg, seed_list, extra_train=text_s, on_fold=lambda r: advance(1))
         per_seed = {s: [r for r in runs if r.seed == s] for s in seed_list}
         table[name] = {m: mean_std([np.mean([getattr(r, m) for r in rs]) for rs in per_seed.values()])
-                       for m in ("war", "uar", "macro_f1")}
-        stderr.print(f"{name:16s} WAR {100 * table[name]['war'][0]:.1f}±{100 * table[name]['war'][1]:.1f}  "
-                     f"UAR {100 * table[name]['uar'][0]:.1f}±{100 * table[name]['uar'][1]:.1f}")
+                       for m in ("war", "uar", "macro_f1", "uar_no_speaker")}
+        if name == "FDRL":  # the shipped recipe: its held-out predictions calibrate the final model
+            temperature = held_out_temperature(speech_s, runs)
+            table[name] |= calibration_report(speech_s, runs)
+        war, uar = table[name]["war"], table[name]["uar"]
+        logging.getLogger(__name__).info("%-16s WAR %.1f±%.1f  UAR %.1f±%.1f", name, 100 * war[0], 100 * war[1], 100 * uar[0], 100 * uar[1])
     if table:
-        result["cross_validation"] = {"folds": len(folds), "seeds": seed_list, "table": table}
+        result["cross_validation"] = {"kind": cv or "speaker", "folds": len(folds), "seeds": seed_list, "table": table,
+                                      "temperature": temperature}
 
     norm = fit_speaker_norm(speech_s + text_s, cfg)
     with progress("final fit", cfg.train.epochs) as advance:
-        model = train_model(standardize(speech_s + text_s, norm), len(labels), cfg, on_epoch=lambda e, parts: advance(1))
+        model = train_model(speech_s + text_s, len(labels), cfg, on_epoch=lambda e, parts: advance(1), norm=norm)
     if dev_s:
         pred = predict_proba(model, dev_s).argmax(1)
         result["goemotions_dev"] = metrics.summary(np.array([s.label for s in dev_s]), pred, labels)
     ckpt_mod.save(out, model, labels, input_dims(speech_s + text_s), extractor.encoder_ids, cfg.model,
-                  {k: v for k, v in result.items() if k != "config"}, speaker_norm=norm)
+                  {k: v for k, v in result.items() if k != "config"}, speaker_norm=norm, temperature=temperature)
     if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        report.write_text(json.dumps(result, indent=2))
+        write_atomic(report, json.dumps(result, indent=2))
     return result

@@ -10,8 +10,8 @@ The rules, per frame of `frame_ms`:
   them are voiced, a segment opens. It starts `preroll_ms` before the first voiced frame of the
   window (as far as history reaches), so the onset of the first word is never clipped.
 * Speaking. After `hangover_ms` of consecutive unvoiced frames the segment closes. Its end is the
-  last voiced frame plus `tail_ms` (200 ms): Whisper transcribes the last word more reliably with a
-  little trailing silence, while the rest of the hangover is only waiting and is left out.
+  last voiced frame plus `tail_ms` (none by default, as in the training clips, which the same
+  segmenter crops); the rest of the hangover is only waiting and is left out.
 * Segments whose voiced span (first voiced frame to last voiced frame, padding not counted) is
   shorter than `min_utterance_ms` are discarded (clicks, coughs) and counted in `discarded`.
 * A segment reaching `max_utterance_ms` is cut there (`forced_split=True`) and a new one continues
@@ -23,48 +23,15 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 
 from fdrl.audio import SAMPLE_RATE, to_int16
+from fdrl.config import Vad
 from fdrl.errors import UserError
 
 VAD_SAMPLE_RATES = (8000, 16000, 32000, 48000)  # the rates webrtcvad accepts
-
-
-@dataclass
-class VadOptions:
-    aggressiveness: int = 2        # webrtcvad 0 (lenient) .. 3 (strict)
-    frame_ms: int = 30             # 10, 20 or 30 (webrtcvad's frame sizes)
-    preroll_ms: int = 300          # trigger window, and the audio kept before the first voiced frame
-    hangover_ms: int = 500         # unvoiced time that closes a segment
-    min_utterance_ms: int = 400    # shorter voiced spans are discarded
-    max_utterance_ms: int = 15000  # longer segments are split
-    speech_ratio: float = 0.6      # fraction of voiced frames in the trigger window that opens a segment
-    tail_ms: int = 200             # trailing silence kept after the last voiced frame (at most hangover_ms)
-
-    def __post_init__(self) -> None:
-        if self.frame_ms not in (10, 20, 30):
-            raise UserError(f"vad.frame_ms must be 10, 20 or 30, got {self.frame_ms}")
-        if self.aggressiveness not in (0, 1, 2, 3):
-            raise UserError(f"vad.aggressiveness must be 0..3, got {self.aggressiveness}")
-        if not 0.0 < self.speech_ratio <= 1.0:
-            raise UserError(f"vad.speech_ratio must be in (0, 1], got {self.speech_ratio}")
-        for name in ("preroll_ms", "hangover_ms", "min_utterance_ms", "tail_ms"):
-            if getattr(self, name) < 0:
-                raise UserError(f"vad.{name} must be >= 0, got {getattr(self, name)}")
-        if self.hangover_ms < self.frame_ms:
-            raise UserError(f"vad.hangover_ms must be at least frame_ms ({self.frame_ms}), got {self.hangover_ms}")
-        if self.max_utterance_ms <= max(self.min_utterance_ms, self.preroll_ms):
-            raise UserError(f"vad.max_utterance_ms ({self.max_utterance_ms}) must exceed min_utterance_ms and preroll_ms")
-
-    @classmethod
-    def from_config(cls, vad: Any) -> "VadOptions":
-        """From the `[vad]` section (`fdrl.config.Vad`)."""
-        return cls(aggressiveness=vad.aggressiveness, frame_ms=vad.frame_ms, preroll_ms=vad.preroll_ms,
-                   hangover_ms=vad.hangover_ms, min_utterance_ms=vad.min_utterance_ms,
-                   max_utterance_ms=vad.max_utterance_ms, speech_ratio=vad.speech_ratio, tail_ms=vad.tail_ms)
 
 
 @dataclass(frozen=True)
@@ -125,9 +92,14 @@ class _Frame:
 class Segmenter:
     """Cuts a stream of samples into speech segments (see the module docstring for the rules)."""
 
-    def __init__(self, options: VadOptions | None = None, sample_rate: int = SAMPLE_RATE,
+    def __init__(self, options: Vad | None = None, sample_rate: int = SAMPLE_RATE,
                  is_speech: Callable[[bytes], bool] | None = None) -> None:
-        self.options = options = options or VadOptions()
+        """`options` default to config.toml's `[vad]`; options built by hand are checked the same way."""
+        if options is None:
+            from fdrl.config import load
+            options = load().vad
+        options.check()
+        self.options = options
         if sample_rate not in VAD_SAMPLE_RATES:
             raise UserError(f"VAD sample rate must be one of {VAD_SAMPLE_RATES}, got {sample_rate} (resample first)")
         self.sample_rate = sample_rate

@@ -24,7 +24,8 @@ from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
 from faster_whisper.transcribe import Segment, TranscriptionOptions, get_suppressed_tokens
 
-from fdrl.audio import SAMPLE_RATE
+from fdrl import cuda_libs
+from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE
 from fdrl.config import Config
 from fdrl.errors import UserError
 
@@ -53,6 +54,7 @@ class Transcript:
     # Scores of the segments behind `text` (of all decoded segments when the text is empty):
     no_speech_prob: float  # highest no-speech probability; 1.0 when Whisper decoded nothing
     avg_logprob: float     # mean token log-probability; 0.0 when Whisper decoded nothing
+    compression_ratio: float = 0.0  # highest gzip compression ratio of the text (a loop repeats: > 2.4)
 
 
 def frame_count(num_samples: int) -> int:
@@ -85,6 +87,8 @@ class Whisper:
         self.compute_type = compute_type
         self.no_speech_threshold = no_speech_threshold
         self.log_prob_threshold = log_prob_threshold
+        if device != "cpu":
+            cuda_libs.preload()  # CTranslate2 opens libcublas.so.12 by name: put the wheel's copy in the process first
         try:
             self.model = WhisperModel(str(self.path), device=device, compute_type=compute_type,
                                       cpu_threads=threads or _cores())
@@ -209,6 +213,8 @@ class Whisper:
 
     def _transcribe(self, features: np.ndarray, num_samples: int, encoder_output: np.ndarray | None) -> Transcript:
         duration = num_samples / SAMPLE_RATE
+        if num_samples < MIN_SPEECH_SAMPLES:  # no word fits, and faster-whisper's word alignment can fail
+            return Transcript(text="", words=[], no_speech_prob=1.0, avg_logprob=0.0)
         reuse = None
         if encoder_output is not None:
             batch = np.ascontiguousarray(encoder_output[None], dtype=np.float32)  # kept alive: shared, not copied
@@ -226,6 +232,7 @@ class Whisper:
             words=words,
             no_speech_prob=float(max((s.no_speech_prob for s in scored), default=1.0)),
             avg_logprob=float(np.mean([s.avg_logprob for s in scored])) if scored else 0.0,
+            compression_ratio=float(max((s.compression_ratio for s in scored), default=0.0)),
         )
 
     def _is_silence(self, segment: Segment) -> bool:

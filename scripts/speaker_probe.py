@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from fdrl import config, data, metrics
-from fdrl.features import FeatureExtractor, Sample
+from fdrl.features import FeatureExtractor
+from fdrl.inputs import Sample
 from fdrl.prosody import PROSODY_DIM
 from fdrl.speaker import Moments, SpeakerNorm
 

@@ -51,7 +51,8 @@ class SpeechDiscarded(_JsonEvent):
     """A segment closed without becoming an utterance, so the speech a `SpeechStarted` opened ends here.
 
     `reason` is "too_short" (the VAD heard less than `vad.min_utterance_ms` of voice: a click, a
-    cough; `index` is None) or "no_speech" (Whisper heard no words; `index` names the segment whose
+    cough; `index` is None) or "no_speech" (Whisper heard no words and the segment holds less than
+    `asr.gate_min_voiced_s` of voice: noise, not a laugh; `index` names the segment whose
     provisional `Utterance` is thereby withdrawn). Every `SpeechStarted` is closed by exactly one
     final `Utterance`, `Error` or `SpeechDiscarded`.
     """
@@ -64,13 +65,19 @@ class SpeechDiscarded(_JsonEvent):
     index: int | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Utterance(_JsonEvent):
     """A labelled speech segment.
 
     Emitted twice per segment: first with `final=False` from audio alone as soon as the segment
     closes (so the UI reacts within the hangover), then with `final=True` once the transcript is in.
     `timings` holds seconds per stage, e.g. {"asr", "model", "queue", "end_to_label"}.
+    `modalities` names the inputs the label used; `text_dropped` says why the words did not count
+    when there were some to hear ("low_asr_confidence": the ASR was unsure of them, e.g. another
+    language; "no_words": a laugh or a sob, labelled from the voice), None when they did.
+    `label` is "uncertain" when the calibrated score of the best label is below
+    `labels.uncertain_below`; `best_guess` is always the best label, and `scores` are unchanged.
+    Built by keyword only: eleven fields in a row are too easy to shift by one.
     """
 
     type: ClassVar[str] = "utterance"
@@ -85,6 +92,8 @@ class Utterance(_JsonEvent):
     modalities: tuple[str, ...]
     timings: dict[str, float]
     face_label: str | None = None
+    text_dropped: str | None = None
+    best_guess: str | None = None
 
 
 @dataclass(frozen=True)
@@ -99,9 +108,12 @@ class FaceUpdate(_JsonEvent):
     box: tuple[int, int, int, int] | None  # x, y, width, height in pixels
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Stats(_JsonEvent):
-    """Periodic health figures; `compute_ratio` is processing time over audio time (< 1 keeps up)."""
+    """Periodic health figures; `compute_ratio` is processing time over audio time (< 1 keeps up).
+
+    Built by keyword only, like `Utterance`: most fields are counts that would swap silently.
+    """
 
     type: ClassVar[str] = "stats"
     stream: str
@@ -109,7 +121,7 @@ class Stats(_JsonEvent):
     segments_closed: int                  # = utterances + errors + no_speech once the stream ends
     utterances: int
     errors: int
-    no_speech: int                        # segments Whisper's no-speech gate rejected (noise, coughs)
+    no_speech: int                        # segments withdrawn as noise: no words and too little voice
     audio_dropped_s: float                # audio lost before the pipeline (a live source outrun), seconds
     frames_dropped: int
     queue_depths: dict[str, int]

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +26,13 @@ import numpy as np
 import torch
 
 from fdrl import checkpoint as ckpt_mod
+from fdrl import asr_gate
 from fdrl.config import Config
-from fdrl.evaluate import late_fusion, resolve_device
-from fdrl.features import FeatureExtractor, Sample, word_spans
-from fdrl.prosody import join, prosody
+from fdrl.inputs import Recipe, Sample, encoder_ids
+from fdrl.predict import late_fusion, predict_proba, resolve_device
 from fdrl.speaker import Moments, RunningSpeaker
-from fdrl.train import predict_proba
-from fdrl.whisper import Transcript
+from fdrl.text import TextEncoder
+from fdrl.whisper import Transcript, Whisper
 
 
 @dataclass
@@ -42,8 +43,9 @@ class Result:
     scores: dict[str, float]
     modalities: tuple[str, ...]
     text: str = ""
-    speech: bool = True                      # False: Whisper's no-speech gate rejected the segment
+    speech: bool = True                      # False: no words and too little voice (noise): withdrawn
     timings: dict[str, float] = field(default_factory=dict)
+    text_dropped: str | None = None          # why the words did not count (fdrl.asr_gate), None when they did
 
 
 @dataclass
@@ -52,6 +54,7 @@ class Request:
     vision: np.ndarray | None = None         # [T_v, FACE_DIM] face features over the utterance
     face_posterior: np.ndarray | None = None
     speaker: RunningSpeaker | None = None    # the stream's speaker statistics; None: this utterance alone
+    history: deque[str] | None = None        # the stream's final transcripts so far (bounded); None: no context
     provisional: asyncio.Future = None       # type: ignore[assignment]  # set by submit()
     final: asyncio.Future = None             # type: ignore[assignment]
     submitted: float = 0.0                   # perf_counter when queued
@@ -67,22 +70,21 @@ class Engine:
         # thread, read from the event loop: a list only ever appended to needs no lock.
         self.fallbacks: list[str] = []
         self.device = resolve_device(device or cfg.runtime.device, warn=self.fallbacks.append)
-        self.features = FeatureExtractor(cfg, self.device, cache=False)
-        self.ckpt = ckpt_mod.load(checkpoint or cfg.resolve(cfg.paths.checkpoint), self.features.encoder_ids, self.device)
+        self.ckpt = ckpt_mod.load(checkpoint or cfg.resolve(cfg.paths.checkpoint), encoder_ids(cfg), self.device)
         self.labels = list(self.ckpt.labels)
-        self.stride = cfg.encoders.audio_frame_stride
+        self.recipe = Recipe.from_config(cfg)
+        self.gate = asr_gate.Gate.from_config(cfg)
         self._load_encoders()
 
     def _load_encoders(self) -> None:
-        self.whisper = self.features.whisper
-        self.text = self.features.text if "text" in self.ckpt.dims else None
+        self.whisper = Whisper.from_config(self.cfg, self.device)
+        self.text = TextEncoder.from_config(self.cfg, self.device) if "text" in self.ckpt.dims else None
 
     def to_cpu(self, reason: str) -> None:
         """Move every model to the CPU for the rest of the session (after the GPU ran out of memory)."""
         self.fallbacks.append(f"{reason}: running on the CPU from now on (slower)")
         self.device = "cpu"
         self.ckpt.model.to("cpu")
-        self.features = FeatureExtractor(self.cfg, "cpu", cache=False)
         self._load_encoders()  # CTranslate2 models cannot move: Whisper (and MiniLM with it) load again
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
@@ -100,16 +102,13 @@ class Engine:
         return self.whisper.encode_shared([r.audio for r in requests])
 
     def audio_frames(self, requests: list[Request], encoded) -> list[np.ndarray]:
-        """The model's audio input from `encode`'s output: every stride-th frame, prosody appended."""
-        audio = [frames[:: self.stride].astype(np.float32) for frames, _ in encoded]
-        if self.cfg.encoders.prosody:
-            audio = [join(a, prosody(r.audio)[:: self.stride]) for a, r in zip(audio, requests)]
-        return audio
+        """The model's audio input from `encode`'s output (`fdrl.inputs.Recipe`, as offline)."""
+        return [self.recipe.audio_input(frames, r.audio) for (frames, _), r in zip(encoded, requests)]
 
     @torch.inference_mode()
     def classify(self, samples: list[Sample]) -> np.ndarray:
-        probs = predict_proba(self.ckpt.model, samples)
-        return late_fusion(probs, samples, self.labels, self.cfg.fusion.face_weight)
+        probs = predict_proba(self.ckpt.model, samples, temperature=self.ckpt.temperature)
+        return late_fusion(probs, samples, self.labels, self.cfg.late_fusion.face_weight)
 
     def standardize(self, frames: np.ndarray, speaker: RunningSpeaker | None) -> np.ndarray:
         """Frames as the checkpoint expects them: standardized by what was heard of their speaker."""
@@ -164,13 +163,16 @@ class Engine:
                 transcripts.append(None)
         t_asr = time.perf_counter() - t2
         t3 = time.perf_counter()
-        spoken = [i for i, tr in enumerate(transcripts) if tr is not None and tr.words]
+        # The ASR's own confidence decides whether the words count (fdrl.asr_gate, as offline).
+        dropped = [asr_gate.decide(tr, self.gate) if tr is not None else None for tr in transcripts]
+        spoken = [i for i, tr in enumerate(transcripts) if tr is not None and dropped[i] is None]
         if self.text is not None and spoken:
-            states = self.text.encode([[w.text for w in transcripts[i].words] for i in spoken])
+            states = self.text.encode([[w.text for w in transcripts[i].words] for i in spoken],
+                                      contexts=self.contexts([batch[i] for i in spoken], [transcripts[i].text for i in spoken]))
             for i, (st, word_ids) in zip(spoken, states):
-                samples[i].text = st
-                samples[i].word_spans = word_spans([(w.start, w.end) for w in transcripts[i].words], word_ids,
-                                                   self.stride, len(audio[i]))
+                samples[i].text = self.recipe.text(st)
+                samples[i].word_spans = self.recipe.word_spans([(w.start, w.end) for w in transcripts[i].words],
+                                                               word_ids, len(audio[i]))
         probs = self.classify(samples)
         t_model += time.perf_counter() - t3
         for i, (r, s, p, tr) in enumerate(zip(batch, samples, probs, transcripts)):
@@ -178,10 +180,29 @@ class Engine:
                 continue
             label, scores = self.scores(p)
             timings = {"encode": t_enc, "asr": t_asr, "model": t_model, "batch": float(len(batch))}
-            publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=bool(tr.text), timings=timings))
-        for r, a, tr in zip(batch, audio, transcripts):
-            if r.speaker is not None and tr is not None and tr.text:  # only speech shapes the speaker's statistics
-                r.speaker.add(a)
+            # No words: a laugh or a sob keeps its voice label; noise (too little voice) is withdrawn.
+            voice = dropped[i] != asr_gate.NO_WORDS or asr_gate.is_voice(r.audio, self.gate)
+            publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=voice, timings=timings,
+                                    text_dropped=dropped[i]))
+            if r.speaker is not None and voice:  # only a voice shapes the speaker's statistics
+                r.speaker.add(audio[i])
+            if r.history is not None and dropped[i] is None:  # what later turns read as context: words that counted
+                r.history.append(tr.text)
+
+    def contexts(self, requests: list[Request], texts: list[str]) -> list[tuple[str, ...]]:
+        """Each request's context (`Recipe.context`, as offline) from its stream's transcripts so far,
+        counting the batch's earlier turns of the same stream; the histories themselves grow only
+        once the batch is done, so a batch run again on the CPU reads the same context."""
+        said: dict[int, list[str]] = {}
+        out = []
+        for r, text in zip(requests, texts):
+            if r.history is None:
+                out.append(())
+                continue
+            earlier = said.setdefault(id(r.history), [])
+            out.append(self.recipe.context([*r.history, *earlier]))
+            earlier.append(text)
+        return out
 
 
 def is_out_of_memory(e: BaseException) -> bool:

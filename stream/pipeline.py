@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import math
 import time
@@ -34,10 +35,12 @@ from typing import AsyncIterable, AsyncIterator
 import numpy as np
 
 from fdrl.audio import SAMPLE_RATE
+from fdrl.calibration import shown_label
 from fdrl.config import Config
+from fdrl.inputs import face_input
 from fdrl.labels import CANONICAL
 from fdrl.speaker import RunningSpeaker
-from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
+from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, level_db
 from stream.events import Error, Event, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats, Utterance
 from stream.inference import Engine, InferenceWorker, Request, Result
 from stream.sources import AudioChunk, SourceLost, VideoFrame
@@ -168,6 +171,9 @@ class _Run:
         self.counters = Counters()
         self.faces = FaceTrack()
         self.speaker = RunningSpeaker()    # speaker normalization: a stream is taken to be one speaker
+        # Its final transcripts, the context of its next turns (`encoders.text_context_turns`; bounded).
+        turns = self.cfg.encoders.text_context_turns
+        self.history: collections.deque[str] | None = collections.deque(maxlen=turns) if turns else None
         self.out: asyncio.Queue = asyncio.Queue(maxsize=256)
         self.audio_q: asyncio.Queue = asyncio.Queue(maxsize=64)
         self.video_q: asyncio.Queue = asyncio.Queue(maxsize=8)
@@ -175,7 +181,7 @@ class _Run:
         self.wall0: float | None = None    # perf_counter at stream time 0 (live latency)
         self.stream_t = 0.0
         self.source_stats = None
-        self.vad_options = VadOptions.from_config(self.cfg.vad)
+        self.vad_options = self.cfg.vad
         self.vad_tail_s = self.vad_options.tail_ms / 1000
         # What the face track must keep: the segment being spoken (from `open_start`) and those closed
         # whose faces are not gathered yet (`gathering`, their starts) still ask for their faces.
@@ -318,9 +324,8 @@ class _Run:
             await self.faces.wait_until(seg.end)
         faces = self.faces.span(seg.start, seg.end)
         self.gathering.remove(seg.start)  # the request holds what it needs: the track may forget them
-        vision = np.stack([f.features for f in faces]) if faces else None
-        posterior = np.mean([f.posterior for f in faces], axis=0) if faces else None
-        return await self.rec.worker.submit(Request(seg.audio, vision, posterior, self.speaker))
+        vision, posterior = face_input(faces)
+        return await self.rec.worker.submit(Request(seg.audio, vision, posterior, self.speaker, self.history))
 
     async def face(self) -> None:
         model = self.rec._face_model
@@ -382,7 +387,7 @@ class _Run:
             return
         # This utterance's share of the worker's compute (its batch's time split evenly).
         self.counters.compute_s += sum(final.timings.get(k, 0.0) for k in ("encode", "asr", "model")) / final.timings.get("batch", 1.0)
-        if not final.speech:  # Whisper heard no words (noise, a cough, a door): withdraw the provisional label
+        if not final.speech:  # no words and hardly any voice (noise, a door, a click): withdraw the provisional label
             self.counters.no_speech += 1
             await self.put(SpeechDiscarded(self.stream, round(seg.start, 3), round(seg.end, 3), "no_speech", job.index))
             return
@@ -402,8 +407,11 @@ class _Run:
         # The mean face posterior the request was fused with (the face track may have forgotten them since).
         face = request.face_posterior
         face_label = CANONICAL[int(np.argmax(face))] if face is not None else None
-        return Utterance(self.stream, job.index, round(job.segment.start, 3), round(job.segment.end, 3), r.text,
-                         r.label, r.scores, final, r.modalities, timings, face_label)
+        label = shown_label(r.label, r.scores.get(r.label, 0.0), self.cfg.labels.uncertain_below)
+        return Utterance(stream=self.stream, index=job.index, start=round(job.segment.start, 3),
+                         end=round(job.segment.end, 3), text=r.text, label=label, scores=r.scores, final=final,
+                         modalities=r.modalities, timings=timings, face_label=face_label,
+                         text_dropped=r.text_dropped, best_guess=r.label)
 
     def stats(self) -> Stats:
         c = self.counters
@@ -411,12 +419,15 @@ class _Run:
         # A source that counts its drops knows of some the stream cannot see yet (no chunk after them);
         # the gaps see drops through wrappers that hide the source's counters. Both undercount, never over.
         dropped_s = max(float(getattr(src, "dropped_s", 0.0)), c.audio_gaps_s)
-        return Stats(self.stream, round(self.stream_t, 3), c.segments_closed, c.utterances, c.errors, c.no_speech,
-                     round(dropped_s, 3), c.frames_dropped + int(getattr(src, "dropped", 0)),
-                     {"audio": self.audio_q.qsize(), "video": self.video_q.qsize(), "jobs": self.jobs.qsize(),
-                      "inference": self.rec.worker.queue_depth(), "events": self.out.qsize()},
-                     round(c.compute_s / c.audio_s, 4) if c.audio_s else 0.0, int(getattr(src, "overflows", 0)),
-                     c.discarded)
+        return Stats(stream=self.stream, time=round(self.stream_t, 3), segments_closed=c.segments_closed,
+                     utterances=c.utterances, errors=c.errors, no_speech=c.no_speech, discarded=c.discarded,
+                     audio_dropped_s=round(dropped_s, 3),
+                     frames_dropped=c.frames_dropped + int(getattr(src, "dropped", 0)),
+                     overflows=int(getattr(src, "overflows", 0)),
+                     queue_depths={"audio": self.audio_q.qsize(), "video": self.video_q.qsize(),
+                                   "jobs": self.jobs.qsize(), "inference": self.rec.worker.queue_depth(),
+                                   "events": self.out.qsize()},
+                     compute_ratio=round(c.compute_s / c.audio_s, 4) if c.audio_s else 0.0)
 
     async def put(self, event: Event) -> None:
         await self.out.put(event)

@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
 from fdrl.labels import CANONICAL
+from fdrl.outputs import atomic_write
 from stream.events import Utterance, event_from_json
 from stream.ui import label_colour
 
@@ -82,6 +83,6 @@ def plot_timeline(utterances: Sequence[Utterance | Mapping[str, Any]], path: str
     ax.legend(handles=[Patch(color=label_colour(name), label=name) for name in legend_labels],
               loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize=9)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_write(path) as f:  # a failed save leaves any earlier plot, and no half-written PNG
+        fig.savefig(f, format="png")
     return path

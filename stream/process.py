@@ -5,12 +5,12 @@ Two things a small machine running a long session needs and no library sets for 
 - **OpenMP spinning.** torch's OpenMP threads spin after each parallel region (libgomp: 300k
   iterations, about a millisecond) to catch the next one. On 2 cores that spinning steals the CPU
   from OpenCV's face detection and Whisper; not spinning at all (OMP_WAIT_POLICY=PASSIVE) makes
-  every small FDRL batch pay thread wake-ups instead (batch 32: 21.7 ms against 16.9). A short
+  every small FDRL batch pay thread wake-ups instead (measurably slower per batch). A short
   spin (`GOMP_SPINCOUNT`) keeps both: the threads catch the back-to-back regions of one forward
   pass and sleep between batches.
 - **The allocator.** glibc's malloc fragments under the pipeline's buffers, whose sizes change with
-  every batch: over the first half hour RSS climbs by 35-145 MB (it varies run to run) before
-  levelling off, while the memory the program holds stays flat (`scripts/soak.py` shows both).
+  every batch: RSS climbs for a long while before levelling off, while the memory the program
+  holds stays flat (`scripts/soak.py` shows both; the README gives the figures).
   jemalloc keeps RSS flat, and lower. An allocator must be in place before the process starts
   (LD_PRELOAD), so the command re-executes itself once with it. `FDRL_MALLOC=system` keeps
   glibc's; without the library (Debian/Ubuntu package `libjemalloc2`) nothing changes.

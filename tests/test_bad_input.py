@@ -60,6 +60,25 @@ Rows marked [n] are tested elsewhere (list below); "fixed" = a bug this corpus f
    before any segment is in flight                       if the file had ended, exit 0)
  float WAV with NaN samples                     R      error (fixed: NaN scores reached the events)
  replay a.wav --video b.wav (no pictures)       C      error
+ output paths (29 cases, OUTPUT_CASES): an      C      error before any work, every file byte-identical,
+   output that is an input (same name, symlink,          nothing written (fixed: the input was cut to a
+   hard link, the checkpoint, the config, a              44-byte WAV, or became a PNG or a JSONL)
+   replayed session), a non-empty --record
+   folder, two outputs on one file, a folder,
+   a device, a FIFO, an unwritable or too long
+   path; in replay, eval, train and tune-text
+ eval --plot NAME without .png                  C      result: exactly NAME (fixed: wrote NAME.png)
+ manifest line: "end" 1e308 / 10**400, NaN,     E      skipped with its line number; error under
+   -inf, text over 10 000 characters, a 1 MB             strict (fixed: OverflowError, RecursionError,
+   line, JSON nested 100 000 deep, a 5000-digit          10 GB RSS, "file not found" for a FIFO)
+   number, not UTF-8, NUL or 5000-character
+   path, a FIFO or /dev/zero as audio, 10 000
+   keys (14 cases)
+ manifest: the same item on several lines       E      repeats dropped, each named with its line
+ GoEmotions row: not UTF-8, a field over csv's  E      skipped with its line number; error under
+   limit, text over the cap, 2 fields, bad ids           strict (fixed: UnicodeDecodeError traceback)
+ eval: a 10 ms clip in the manifest             C      line skipped, the rest scored, exit 1; --strict:
+                                                         error, exit 2 (fixed: IndexError lost the eval)
 
 Tested elsewhere: [1] test_audio.py test_empty_file, test_wav_with_no_samples, test_garbage_bytes;
 [2] test_audio.py test_missing_file, test_directory, test_sources.py test_file_errors_name_the_file;
@@ -97,9 +116,9 @@ from stream.cli import main
 from stream.events import Event, FaceUpdate
 from stream.pipeline import Recognizer
 from stream.sources import FileSource
-from tests.conftest import speak
+from tests.conftest import MIN_RECALL, speak, word_recall, words
 from tests.test_audio import write_int_wav, write_with_av
-from tests.test_pipeline import THREE, Speech, assert_accounting, final_stats, finals, make_config, speech_file, words
+from tests.test_pipeline import THREE, Speech, assert_accounting, final_stats, finals, make_config, speech_file
 from tests.test_sources import collect
 
 FDRL = Path(sys.executable).parent / "fdrl"
@@ -295,15 +314,15 @@ def test_broken_media_is_a_one_line_error(media, name, decode_error, source_erro
     assert_user_error(lambda: source_audio(path), str(path), source_error)
 
 
-@cases("name, seconds", [
-    ("wav-cut-in-data.wav", 1.0),       # half of 2 s: WAV has no frame structure, the prefix is exact
-    ("mp3-cut.mp3", 1.0),               # MP3 frames are independent: the complete ones decode
-    ("flac-overwritten.flac", 2.0),     # FLAC frames carry CRCs: the damaged one is dropped or concealed
+@cases("name, seconds, slack", [
+    ("wav-cut-in-data.wav", 1.0, 0.05),     # half of 2 s: WAV has no frame structure, the prefix is exact
+    ("mp3-cut.mp3", 1.0, 0.05),             # MP3 frames are independent: the complete ones decode
+    ("flac-overwritten.flac", 2.0, 0.26),   # FLAC frames carry CRCs: the damaged one (<= 4096 samples) is dropped or concealed
 ])
-def test_damaged_media_that_still_decodes_gives_what_is_there(media, name, seconds):
+def test_damaged_media_that_still_decodes_gives_what_is_there(media, name, seconds, slack):
     audio = decode_audio(media[name])
     assert audio.dtype == np.float32 and audio.ndim == 1
-    assert abs(audio.size / SAMPLE_RATE - seconds) < 0.05
+    assert abs(audio.size / SAMPLE_RATE - seconds) < slack
     assert np.isfinite(audio).all() and np.abs(audio).max() <= 1.0
     assert source_audio(media[name]).size == audio.size  # the streaming decoder agrees
     if name.endswith(".wav"):  # the very samples of the intact file, up to the resampler's edge at the cut
@@ -367,7 +386,7 @@ def test_unusual_format_replays_to_the_spoken_words(replays, speech, name):
     final = finals(events)
     assert len(final) == 2, [u.text for u in final]
     for u, want, (voice_start, voice_end) in zip(final, keys, speech.spans):
-        assert want <= words(u.text), u.text
+        assert word_recall(want, u.text) >= MIN_RECALL, u.text
         assert abs(u.start - voice_start) <= 0.5 and abs(u.end - voice_end) <= 0.5, (u.start, u.end, voice_start, voice_end)
         assert u.label in CANONICAL and np.isfinite(list(u.scores.values())).all()
     stats = final_stats(events)
@@ -396,8 +415,7 @@ def test_over_30s_of_continuous_speech_is_covered_end_to_end(media, replays):
     for u in final:
         assert u.end - u.start <= 15.0 + 0.05
         assert len(words(u.text)) >= 1.5 * (u.end - u.start), u.text  # each piece transcribed, none dropped
-    heard = set().union(*(words(u.text) for u in final))
-    assert len(heard & words(LONG_TEXT)) >= 0.75 * len(words(LONG_TEXT))
+    assert word_recall(LONG_TEXT, " ".join(u.text for u in final)) >= 0.75
 
 
 # -- replay of sources that fail midway --------------------------------------------------------------
@@ -430,7 +448,7 @@ def write_manifest(path: Path, *records: dict | str) -> Path:
 
 @pytest.mark.parametrize("record, needle", [
     ({"text": None, "label": "anger"}, "needs 'audio' or 'text'"),   # null is absent: nothing left to classify
-    ({"audio": "clips", "label": "anger"}, "audio file not found"),  # a folder, not a file
+    ({"audio": "clips", "label": "anger"}, "clips is a folder, not a file"),
 ], ids=["null-text-no-audio", "audio-is-a-folder"])
 def test_manifest_line_errors(tmp_path, record, needle):
     (tmp_path / "clips").mkdir()
@@ -472,17 +490,29 @@ def test_eval_scores_long_clipped_and_offset_speech(media, tiny_checkpoint, tmp_
 @pytest.mark.parametrize("text, needle", [
     ('[model]\nd_model = "big"\n', "'model.d_model' must be of type int, got str 'big'"),
     ("[vad]\nframe_ms = true\n", "'vad.frame_ms' must be of type int, got bool"),
-    ('[model]\nalignment = "words"\n', "'model.alignment' must be one of ['none', 'soft', 'word'], got 'words'"),
-    ("[face]\nrate_hz = 0\n", "'face.rate_hz' must be > 0, got 0.0"),
-    ("[fusion]\nface_weight = 1.5\n", "'fusion.face_weight' must be between 0 and 1, got 1.5"),
-    ("[encoders]\nwhisper_threads = -1\n", "'encoders.whisper_threads' must be >= 0, got -1"),
-    ("[asr]\nbeam_size = 0\n", "'asr.beam_size' must be > 0, got 0"),
+    ('[model]\nalignment = "words"\n', "'model.alignment' must be one of ['word', 'soft', 'none'], got 'words'"),
+    ("[face]\nrate_hz = 0\n", "'face.rate_hz' must be between 0.1 and 30, got 0.0"),
+    ("[late_fusion]\nface_weight = 1.5\n", "'late_fusion.face_weight' must be between 0 and 1, got 1.5"),
+    ("[encoders]\nwhisper_threads = -1\n", "'encoders.whisper_threads' must be between 0 and 256, got -1"),
+    ("[encoders]\nwhisper_threads = 100000\n", "'encoders.whisper_threads' must be between 0 and 256, got 100000"),
+    ("[runtime]\nmax_wait_ms = 100000000\n", "'runtime.max_wait_ms' must be between 0 and 10000, got 100000000"),
+    ("[asr]\nbeam_size = 0\n", "'asr.beam_size' must be between 1 and 16, got 0"),
+    ("[loss]\ntemperature = nan\n", "'loss.temperature' must be between 0.001 and 100, got nan"),
+    ("[train]\nlr = inf\n", "'train.lr' must be between 1e-07 and 1, got inf"),
+    ("[vad]\nmax_utterance_ms = 60000\n", "'vad.max_utterance_ms' must be between 1000 and 30000, got 60000"),
+    ("[vad]\nhangover_ms = 20\n", "vad.hangover_ms (20) must be at least vad.frame_ms (30)"),
+    ("[vad]\ntail_ms = 900\n", "vad.tail_ms (900) cannot exceed vad.hangover_ms (500)"),
+    ("[model]\nd_model = 130\n", "model.d_model (130) must be a multiple of model.n_heads (4)"),
+    ('[labels]\nnames = ["a", "a"]\n', "labels.names must list at least 2 distinct labels"),
+    ("[fusion]\nface_weight = 0.5\n", "unknown config section '[fusion]'"),
     ("model = 3\n", "config 'model' must be a table like [model]"),
     ("[modle]\nd_model = 3\n", "unknown config section '[modle]'"),
     ("[vad]\nframe_ms = 30\nframe_ms = 20\n", "malformed config file"),
     (b"\xff\xfe[\x00v\x00a\x00d\x00]\x00", "malformed config file"),   # UTF-16 from a Windows editor
 ], ids=["wrong-type", "bool-for-int", "bad-choice", "rate-zero", "weight-over-one", "negative-threads",
-        "beam-zero", "section-not-a-table", "unknown-section", "duplicate-key", "utf16"])
+        "huge-threads", "huge-wait", "beam-zero", "nan", "inf", "utterance-over-whisper-window",
+        "hangover-under-frame", "tail-over-hangover", "heads-do-not-divide", "duplicate-labels",
+        "old-section-name", "section-not-a-table", "unknown-section", "duplicate-key", "utf16"])
 def test_bad_config_file(tmp_path, text, needle):
     path = tmp_path / "c.toml"
     path.write_bytes(text if isinstance(text, bytes) else text.encode("utf-8"))
@@ -497,7 +527,7 @@ def test_config_path_that_is_a_folder(tmp_path):
     ("vad.frame_ms", "--set expects section.key=value"),
     ("frame_ms=20", "--set expects section.key=value"),
     ("vad.frame_ms=25", "'vad.frame_ms' must be one of [10, 20, 30], got 25"),
-    ("runtime.max_batch=0", "'runtime.max_batch' must be > 0, got 0"),
+    ("runtime.max_batch=0", "'runtime.max_batch' must be between 1 and 1024, got 0"),
 ])
 def test_bad_override(override, needle):
     assert_user_error(lambda: config.load(overrides=[override]), needle)
@@ -508,9 +538,9 @@ def test_unusual_but_valid_config_files(tmp_path):
     empty.write_text("")
     assert config.load(empty).to_dict() == config.load().to_dict()
     windows = tmp_path / "windows.toml"
-    windows.write_bytes("\ufeff[vad]\r\nhangover_ms = 300\r\n[fusion]\r\nface_weight = 1\r\n".encode("utf-8"))
+    windows.write_bytes("\ufeff[vad]\r\nhangover_ms = 300\r\n[late_fusion]\r\nface_weight = 1\r\n".encode("utf-8"))
     cfg = config.load(windows)
-    assert cfg.vad.hangover_ms == 300 and cfg.fusion.face_weight == 1.0 and isinstance(cfg.fusion.face_weight, float)
+    assert cfg.vad.hangover_ms == 300 and cfg.late_fusion.face_weight == 1.0 and isinstance(cfg.late_fusion.face_weight, float)
 
 
 # -- checkpoints -------------------------------------------------------------------------------------
@@ -608,7 +638,7 @@ def test_cli_replay_of_a_corrupt_mp3(media, tiny_checkpoint, tmp_path):
 
 def test_cli_zero_face_rate_is_one_line_not_a_traceback(media, tmp_path):
     r = fdrl("--set", "face.rate_hz=0", "replay", str(media["44k-stereo.wav"]), "--pace", "fast", cwd=tmp_path)
-    assert_one_line_error(r, "face.rate_hz", "> 0")
+    assert_one_line_error(r, "face.rate_hz", "between 0.1 and 30")
 
 
 def test_cli_eval_with_a_checkpoint_without_encoder_settings(checkpoints, tmp_path):
@@ -635,3 +665,200 @@ def test_cli_replay_with_an_audio_file_as_video(media, tiny_checkpoint, tmp_path
                  "--checkpoint", str(tiny_checkpoint)])
     err = capsys.readouterr().err
     assert code == 2 and "48k-24bit.wav" in err and "no video track" in err
+
+
+# -- output paths: checked before any work, never an input (fdrl/outputs.py) ----------------------------
+#
+# Each case is the issue's shell reproduction: `prep` runs in a fresh folder holding in.wav (and
+# m.jsonl, g/train.tsv, model.pt, the tiny checkpoint), then `fdrl ARGS` runs there. The outcome is
+# one error line naming the output and the fix, exit 2, every file that was there byte-identical,
+# and no new file (a refused run creates nothing).
+
+A_SESSION = "mkdir s && cp in.wav s/audio.wav && touch s/events.jsonl && echo '{\"format\": \"fdrl-session/1\"}' > s/session.json"
+OUTPUT_CASES = [
+    ("record-into-the-inputs-folder", "mkdir p && cp in.wav p/audio.wav", "replay p/audio.wav --record p",
+     "--record p holds the input p/audio.wav"),
+    ("record-into-a-foreign-folder", "mkdir f && echo notes > f/notes.txt", "replay in.wav --record f",
+     "--record f is not empty (it holds notes.txt): pass a new or empty folder"),
+    ("record-onto-a-file", "echo x > notes.txt", "replay in.wav --record notes.txt", "--record notes.txt is a file, not a folder"),
+    ("record-into-a-session-folder", A_SESSION, "replay in.wav --record s", "--record s is not empty"),
+    ("record-a-session-into-itself", A_SESSION, "replay s --record s", "--record s holds the input s"),
+    ("jsonl-over-a-replayed-sessions-events", A_SESSION, "replay s --jsonl s/events.jsonl",
+     "would overwrite a file inside an input folder"),
+    ("plot-over-the-input", "", "replay in.wav --plot in.wav", "--plot in.wav is the input in.wav"),
+    ("jsonl-over-the-input", "", "replay in.wav --jsonl in.wav", "--jsonl in.wav is the input in.wav"),
+    ("jsonl-through-a-symlink-to-the-input", "ln -s in.wav link.jsonl", "replay in.wav --jsonl link.jsonl",
+     "--jsonl link.jsonl is the input in.wav"),
+    ("plot-onto-a-hard-link-of-the-input", "ln in.wav hard.png", "replay in.wav --plot hard.png",
+     "--plot hard.png is the same file as the input in.wav"),
+    ("jsonl-over-the-checkpoint", "", "replay in.wav --checkpoint model.pt --jsonl model.pt", "--jsonl model.pt is the input model.pt"),
+    ("jsonl-over-the-config", "printf '[vad]\\nhangover_ms = 300\\n' > c.toml", "--config c.toml replay in.wav --jsonl c.toml",
+     "--jsonl c.toml is the input c.toml"),
+    ("plot-and-jsonl-to-one-file", "", "replay in.wav --jsonl out.txt --plot out.txt", "would write the same file"),
+    ("jsonl-inside-the-recording", "", "replay in.wav --record r --jsonl r/events.jsonl", "would write the same file"),
+    ("plot-to-a-folder", "mkdir out", "replay in.wav --plot out", "--plot out is a folder: pass the path of a file"),
+    ("plot-to-a-device", "", "replay in.wav --plot /dev/null", "--plot /dev/null is a device, not a regular file"),
+    ("plot-to-a-fifo", "mkfifo f.png", "replay in.wav --plot f.png", "--plot f.png is a FIFO, not a regular file"),
+    ("jsonl-under-a-file", "", "replay in.wav --jsonl in.wav/e.jsonl", "Not a directory (a part of the path is a file"),
+    ("plot-name-too-long", "", "replay in.wav --plot " + "x" * 300 + ".png", "File name too long"),
+    ("eval-plot-over-the-manifest", "", "eval --manifest m.jsonl --checkpoint model.pt --plot m.jsonl",
+     "--plot m.jsonl is the input m.jsonl"),
+    ("eval-plot-over-a-clip-of-the-manifest", "", "eval --manifest m.jsonl --checkpoint model.pt --plot in.wav",
+     "--plot in.wav is the input"),
+    ("eval-plot-over-the-checkpoint", "", "eval --manifest m.jsonl --checkpoint model.pt --plot model.pt",
+     "--plot model.pt is the input model.pt"),
+    ("eval-plot-to-a-folder", "mkdir out", "eval --manifest m.jsonl --checkpoint model.pt --plot out",
+     "--plot out is a folder"),  # not out.png beside it
+    ("train-out-to-dev-full", "", "train --manifest m.jsonl --out /dev/full", "--out /dev/full is a device"),
+    ("train-out-over-the-manifest", "", "train --manifest m.jsonl --out m.jsonl", "--out m.jsonl is the input m.jsonl"),
+    ("train-report-over-a-clip", "", "train --manifest m.jsonl --report in.wav", "--report in.wav is the input"),
+    ("train-out-into-a-corpus-file", "", "train --goemotions g --out g/train.tsv",
+     "--out g/train.tsv would overwrite a file inside an input folder"),
+    ("train-out-and-report-to-one-file", "", "train --manifest m.jsonl --out run.json --report run.json",
+     "would write the same file"),
+    ("tune-text-out-over-the-tsv", "", "tune-text --goemotions g --out g/train.tsv",
+     "--out g/train.tsv would overwrite a file inside an input folder"),
+]
+
+
+def file_hashes(folder: Path) -> dict[str, str]:
+    """sha256 of every regular file under `folder` (symlinks not followed), by relative path."""
+    import hashlib
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
+
+
+@pytest.fixture
+def workdir(media, tiny_checkpoint, tmp_path, monkeypatch) -> Path:
+    """A folder as a user's project: a clip, a manifest of it, a GoEmotions folder and a checkpoint."""
+    import shutil
+    shutil.copy(media["tone.wav"], tmp_path / "in.wav")
+    shutil.copy(tiny_checkpoint, tmp_path / "model.pt")
+    write_manifest(tmp_path / "m.jsonl", {"audio": "in.wav", "label": "anger"}, {"text": "fine words", "label": "neutral"})
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "train.tsv").write_text("so happy\t3\tc1\nmeh\t4\tc2\n")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@cases("name, prep, args, needle", OUTPUT_CASES)
+def test_an_output_that_would_destroy_an_input_or_cannot_be_written(workdir, capsys, name, prep, args, needle):
+    import shlex
+    if prep:
+        subprocess.run(["bash", "-c", prep], cwd=workdir, check=True)
+    before = file_hashes(workdir)
+    code = main(["--set", f"paths.cache_dir='{workdir / 'cache'}'", *shlex.split(args)])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("fdrl: error: ") and needle in lines[0], err
+    assert file_hashes(workdir) == before  # every input byte-identical, no file written
+
+
+def test_eval_plot_to_a_name_without_suffix_writes_exactly_that_file(workdir, capsys):
+    code = main(["--set", f"paths.cache_dir='{workdir / 'cache'}'", "eval", "--manifest", "m.jsonl",
+                 "--checkpoint", "model.pt", "--json", "--plot", "confusion"])
+    assert code == 0, capsys.readouterr().err
+    assert (workdir / "confusion").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (workdir / "confusion.png").exists()
+
+
+# -- manifest and corpus lines: reported with their line, skipped unless strict (fdrl/skips.py) -----------
+
+
+def bad_line_cases() -> list:
+    """(id, the bad manifest line as it is written, what its reason says)."""
+    as_json = [
+        ("end-1e308", {"audio": "in.wav", "label": "anger", "end": 1e308}, "'end' must be a number of seconds >= 0 and at most 86400"),
+        ("end-10**400", {"audio": "in.wav", "label": "anger", "end": 10 ** 400}, "'end' must be a number of seconds"),
+        ("start-nan", {"audio": "in.wav", "label": "anger", "start": float("nan")}, "'start' must be a number of seconds"),
+        ("end-minus-infinity", {"audio": "in.wav", "label": "anger", "end": float("-inf")}, "'end' must be a number"),
+        ("text-over-the-cap", {"text": "word " * 3000, "label": "anger"}, "'text' is 15000 characters long, over the limit of 10000"),
+        ("path-with-nul", {"audio": "a\0b.wav", "label": "anger"}, "'audio' holds a NUL character"),
+        ("path-too-long", {"audio": "x" * 5000, "label": "anger"}, "audio file not found"),
+        ("audio-is-a-fifo", {"audio": "fifo.wav", "label": "anger"}, "fifo.wav is a FIFO, not a file"),
+        ("audio-is-dev-zero", {"audio": "/dev/zero", "label": "anger"}, "audio /dev/zero is a device, not a file"),
+        ("ten-thousand-keys", {f"k{i}": i for i in range(10_000)}, "unknown key 'k0'"),
+    ]
+    raw = [
+        ("line-of-a-megabyte", '{"text": "' + "a" * 1_000_000 + '", "label": "anger"}', "the line is over"),
+        ("nested-100k-deep", "[" * 100_000, "invalid JSON (nested too deeply)"),
+        ("integer-of-5000-digits", '{"text": "a", "label": "anger", "end": ' + "1" * 5000 + "}", "Exceeds the limit"),
+        ("not-utf8", b'{"text": "caf\xe9", "label": "anger"}', "not UTF-8 text"),
+    ]
+    return [(i, json.dumps(line), needle) for i, line, needle in as_json] + raw
+
+
+@cases("name, line, needle", bad_line_cases())
+def test_a_bad_manifest_line_is_skipped_with_its_number_or_fatal_when_strict(media, tmp_path, name, line, needle):
+    from fdrl.skips import SkipLog
+    import shutil
+    shutil.copy(media["tone.wav"], tmp_path / "in.wav")
+    os.mkfifo(tmp_path / "fifo.wav")
+    manifest = tmp_path / "m.jsonl"
+    good = json.dumps({"audio": "in.wav", "label": "anger"}).encode()
+    manifest.write_bytes(good + b"\n" + (line if isinstance(line, bytes) else line.encode()) + b"\n"
+                         + json.dumps({"text": "fine", "label": "neutral"}).encode() + b"\n")
+    warned: list[str] = []
+    skips = SkipLog(strict=False, warn=warned.append)
+    items = load_manifest(manifest, CANONICAL, skips)
+    assert [it.where for it in items] == [f"{manifest} line 1", f"{manifest} line 3"]
+    assert len(skips) == 1 and len(warned) == 1 and warned[0].startswith(f"{manifest} line 2: ") and needle in warned[0]
+    assert "\n" not in warned[0] and len(warned[0]) < 600
+    assert_user_error(lambda: load_manifest(manifest, CANONICAL), f"{manifest} line 2: ", needle)
+
+
+def test_repeated_manifest_lines_are_reported_and_dropped(media, tmp_path):
+    from fdrl.skips import SkipLog
+    import shutil
+    (tmp_path / "clips").mkdir()
+    shutil.copy(media["tone.wav"], tmp_path / "clips" / "a.wav")
+    line = {"audio": "clips/a.wav", "label": "anger", "speaker": "s1"}
+    manifest = write_manifest(tmp_path / "m.jsonl", line, line, {"text": "fine", "label": "neutral"},
+                              {**line, "audio": "clips/../clips/a.wav"}, line)
+    warned: list[str] = []
+    skips = SkipLog(strict=True, warn=warned.append)  # repeats are not errors, even under --strict
+    items = load_manifest(manifest, CANONICAL, skips)
+    assert len(items) == 2 and skips.summary() == {"skipped": 0, "repeated": 3}
+    assert [w.split(":")[0] for w in warned] == [f"{manifest} line {n}" for n in (2, 4, 5)]
+    assert all("repeats line 1" in w for w in warned)
+
+
+@cases("name, row, needle", [
+    ("not-utf8", b"caf\xe9 au lait\t4\tc2\n", "not UTF-8 text"),
+    ("field-over-the-csv-limit", b"x" * 200_000 + b"\t4\tc2\n", "not a TSV row (field larger than field limit"),
+    ("text-over-the-cap", b"word " * 3000 + b"\t4\tc2\n", "over the limit of 10000"),
+    ("two-fields", b"no id column\t4\n", "expected text<TAB>label ids<TAB>comment id, got 2 fields"),
+    ("bad-ids", b"text\t4,99\tc2\n", "bad label ids '4,99'"),
+])
+def test_a_bad_goemotions_row_is_skipped_with_its_line_or_fatal_when_strict(tmp_path, name, row, needle):
+    from fdrl.data import load_goemotions
+    from fdrl.skips import SkipLog
+    tsv = tmp_path / "train.tsv"
+    tsv.write_bytes(b"so happy\t3\tc1\n" + row + b"meh\t4\tc3\n")
+    warned: list[str] = []
+    skips = SkipLog(strict=False, warn=warned.append)
+    assert [it.text for it in load_goemotions(tsv, skips=skips)] == ["so happy", "meh"]
+    assert len(warned) == 1 and warned[0].startswith(f"{tsv} line 2: ") and needle in warned[0], warned
+    assert_user_error(lambda: load_goemotions(tsv), f"{tsv} line 2: ", needle)
+
+
+def test_eval_skips_a_clip_too_short_to_encode_and_says_so(media, tiny_checkpoint, tmp_path, capsys):
+    """A 10 ms clip used to end the whole eval with an IndexError from inside faster-whisper."""
+    from fdrl.audio import write_wav
+    write_wav(tmp_path / "short.wav", decode_audio(media["tone.wav"])[:160])
+    manifest = write_manifest(tmp_path / "m.jsonl", {"text": "what a lovely day", "label": "happiness"},
+                              {"audio": "short.wav", "label": "anger"}, {"text": "leave me alone", "label": "anger"})
+    before = file_hashes(tmp_path)
+    common = ["--set", f"paths.cache_dir='{tmp_path / 'cache'}'", "eval", "--manifest", str(manifest),
+              "--checkpoint", str(tiny_checkpoint), "--json"]
+    code = main(common)
+    out, err = capsys.readouterr()
+    result = json.loads(out.strip().splitlines()[-1])
+    assert code == 1 and result["n"] == 2 and result["skipped"] == 1
+    assert f"{manifest} line 2: " in err and "too short to label" in err and "Traceback" not in err
+    assert "fdrl: 1 lines skipped" in err
+    code = main([*common, "--strict"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "too short to label" in err
+    after = file_hashes(tmp_path)
+    assert {k: v for k, v in after.items() if not k.startswith("cache")} == before

@@ -9,10 +9,11 @@ import av
 import numpy as np
 import pytest
 
-from fdrl import labels
+from fdrl import data, labels
 from fdrl.data import (GOEMOTIONS_SPEAKER, Item, iemocap_speaker, load_goemotions, load_iemocap,
                        load_manifest, load_ravdess, speaker_folds, write_manifest)
 from fdrl.errors import UserError
+from fdrl.skips import SkipLog
 
 
 def write_wav(path: Path, seconds: float = 0.1, rate: int = 16000) -> Path:
@@ -235,7 +236,7 @@ def test_iemocap_errors(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="session 6 does not exist"):
         load_iemocap(tmp_path, sessions=[6])
     (tmp_path / "Session2" / "sentences" / "wav" / "Ses02M_impro03" / "Ses02M_impro03_M000.wav").unlink()
-    with pytest.raises(UserError, match="Ses02M_impro03_M000.wav not found"):
+    with pytest.raises(UserError, match="Ses02M_impro03_M000.wav: not found"):
         load_iemocap(tmp_path, sessions=[2])
 
 
@@ -402,3 +403,81 @@ def test_folds_errors() -> None:
         speaker_folds(ravdess_like(), 1)
     with pytest.raises(UserError, match="2 items have no speaker id"):
         speaker_folds(ravdess_like() + [Item(label="anger", speaker="", text="a")] * 2, 5)
+
+
+# -- TESS, EMOVO, DailyDialog, leave-one-corpus-out -----------------------------------------------
+
+
+def _touch(folder: Path, *names: str) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        (folder / name).write_bytes(b"")  # the loaders read names only; nothing is decoded
+
+
+def test_tess_takes_the_speaker_from_the_folder(tmp_path):
+    _touch(tmp_path / "OAF", "OAF_back_angry.flac", "OA_bite_neutral.flac", "OAF_dog_ps.flac", ".DS_Store")
+    _touch(tmp_path / "YAF", "YAF_back_happy.flac", "YAF_road_sad.wav")
+    items = data.load_tess(tmp_path)
+    assert [(it.speaker, it.label) for it in items] == [
+        ("tess-OAF", "anger"), ("tess-OAF", "surprise"), ("tess-OAF", "neutral"),
+        ("tess-YAF", "happiness"), ("tess-YAF", "sadness")]
+    assert {it.corpus for it in items} == {"tess"} and all(it.text is None for it in items)
+
+
+def test_tess_unknown_emotion_is_skipped_with_its_file(tmp_path):
+    _touch(tmp_path / "OAF", "OAF_back_angry.flac", "OAF_back_bored.flac")
+    with pytest.raises(UserError, match=r"OAF_back_bored\.flac.*unknown TESS emotion 'bored'"):
+        data.load_tess(tmp_path)
+    log = SkipLog(strict=False, warn=lambda line: None)
+    assert len(data.load_tess(tmp_path, log)) == 1 and len(log.skips) == 1
+
+
+def test_emovo_labels_and_speakers(tmp_path):
+    _touch(tmp_path / "f1", "gio-f1-b1.flac", "tri-f1-n3.flac")
+    _touch(tmp_path / "m2", "sor-m2-l4.flac", "pau-m2-d1.flac", "rab-m2-b2.flac", "dis-m2-b1.flac", "neu-m2-b1.flac")
+    items = data.load_emovo(tmp_path)
+    assert {(it.speaker, it.label) for it in items} == {
+        ("emovo-f1", "happiness"), ("emovo-f1", "sadness"), ("emovo-m2", "surprise"), ("emovo-m2", "fear"),
+        ("emovo-m2", "anger"), ("emovo-m2", "disgust"), ("emovo-m2", "neutral")}
+
+
+def _dailydialog(root: Path, split: str, dialogues: list[str], codes: list[str]) -> Path:
+    folder = root / split
+    folder.mkdir(parents=True)
+    (folder / f"dialogues_{split}.txt").write_text("".join(d + "\n" for d in dialogues))
+    (folder / f"dialogues_emotion_{split}.txt").write_text("".join(c + "\n" for c in codes))
+    return root
+
+
+def test_dailydialog_turns_with_their_context(tmp_path):
+    root = _dailydialog(tmp_path, "test", ["Hi , Tom ! __eou__ What ? __eou__ I won the lottery ! __eou__",
+                                           "Fine . __eou__"], ["0 6 4 ", "0"])
+    items = data.load_dailydialog(root, "test")
+    assert [(it.text, it.label, it.context) for it in items] == [
+        ("Hi, Tom!", "neutral", ()), ("What?", "surprise", ("Hi, Tom!",)),
+        ("I won the lottery!", "happiness", ("Hi, Tom!", "What?")), ("Fine.", "neutral", ())]
+    assert items[0].speaker == items[2].speaker != items[3].speaker and items[0].corpus == "dailydialog"
+
+
+def test_dailydialog_dialogue_with_more_turns_than_codes_is_skipped_whole(tmp_path):
+    """The official train split's line 7852 has 12 turns and 11 codes: which code is whose cannot be known."""
+    root = _dailydialog(tmp_path, "train", ["A . __eou__ B . __eou__", "C . __eou__ D . __eou__ E . __eou__"],
+                        ["0 0", "0 4"])
+    with pytest.raises(UserError, match=r"dialogues_train\.txt line 2: 3 turns but 2 emotion codes"):
+        data.load_dailydialog(root, "train")
+    log = SkipLog(strict=False, warn=lambda line: None)
+    assert [it.text for it in data.load_dailydialog(root, "train", log)] == ["A.", "B."] and len(log.skips) == 1
+    with pytest.raises(UserError, match="split 'dev' does not exist"):
+        data.load_dailydialog(root, "dev")
+
+
+def test_leave_one_corpus_out_never_shares_a_corpus():
+    items = ([data.Item("anger", f"ravdess-{i:02d}", corpus="ravdess") for i in range(4)]
+             + [data.Item("anger", "tess-OAF", corpus="tess")] * 3 + [data.Item("fear", "emovo-f1", corpus="emovo")] * 2)
+    folds = data.corpus_folds(items)
+    assert len(folds) == 3
+    for train, val in folds:
+        assert sorted(train + val) == list(range(len(items)))
+        assert len({items[i].corpus for i in val}) == 1 and not {items[i].corpus for i in val} & {items[i].corpus for i in train}
+    with pytest.raises(UserError, match="at least 2 named corpora"):
+        data.corpus_folds(items[:4])

@@ -13,18 +13,22 @@ from stream.events import (EVENT_TYPES, Error, FaceUpdate, Fallback, Level, Spee
 
 EXAMPLES = [
     SpeechStarted("mic", 1.25),
-    Utterance("mic", 3, 1.25, 2.8, "I am so happy", "happiness", {"happiness": 0.7, "neutral": 0.3}, True,
-              ("audio", "text", "face"), {"asr": 0.21, "model": 0.01, "queue": 0.0, "end_to_label": 0.3}, "happiness"),
-    Utterance("mic", 4, 3.0, 3.9, "", "neutral", {"neutral": 1.0}, False, ("audio",), {"model": 0.01}),
+    Utterance(stream="mic", index=3, start=1.25, end=2.8, text="I am so happy", label="happiness",
+              scores={"happiness": 0.7, "neutral": 0.3}, final=True, modalities=("audio", "text", "face"),
+              timings={"asr": 0.21, "model": 0.01, "queue": 0.0, "end_to_label": 0.3}, face_label="happiness"),
+    Utterance(stream="mic", index=4, start=3.0, end=3.9, text="", label="neutral", scores={"neutral": 1.0}, final=False,
+              modalities=("audio",), timings={"model": 0.01}),
     FaceUpdate("cam", 2.0, "surprise", {"surprise": 0.9, "neutral": 0.1}, (10, 20, 64, 64)),
     FaceUpdate("cam", 2.2, None, None, None),
-    Stats("mic", 10.0, 4, 3, 0, 1, 0.5, 2, {"segments": 1, "inference": 0}, 0.12, 1),
+    Stats(stream="mic", time=10.0, segments_closed=4, utterances=3, errors=0, no_speech=1, audio_dropped_s=0.5,
+          frames_dropped=2, queue_depths={"segments": 1, "inference": 0}, compute_ratio=0.12, overflows=1),
     Level("mic", 0.03, -42.5, False),
     Error("mic", 5.0, "whisper failed", "asr", (4.0, 5.0)),
     Error("mic", 6.0, "camera lost", "camera", None),
     SpeechDiscarded("mic", 1.25, 1.6, "too_short"),
     SpeechDiscarded("mic", 3.0, 3.9, "no_speech", 4),
-    Stats("mic", 10.0, 4, 3, 0, 1, 0.5, 2, {"segments": 1, "inference": 0}, 0.12, 1, discarded=2),
+    Stats(stream="mic", time=10.0, segments_closed=4, utterances=3, errors=0, no_speech=1, audio_dropped_s=0.5,
+          frames_dropped=2, queue_depths={"segments": 1, "inference": 0}, compute_ratio=0.12, overflows=1, discarded=2),
     Fallback("mic", 0.0, "runtime.device is 'cuda' but CUDA is not available: running on the CPU (slower)", "device"),
 ]
 
@@ -44,6 +48,7 @@ def test_json_shape_is_plain_and_exact():
         "label": "happiness", "scores": {"happiness": 0.7, "neutral": 0.3}, "final": True,
         "modalities": ["audio", "text", "face"],
         "timings": {"asr": 0.21, "model": 0.01, "queue": 0.0, "end_to_label": 0.3}, "face_label": "happiness",
+        "text_dropped": None, "best_guess": None,
     }
     assert EXAMPLES[3].to_json()["box"] == [10, 20, 64, 64]
     assert EXAMPLES[7].to_json()["segment"] == [4.0, 5.0]

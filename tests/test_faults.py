@@ -29,7 +29,7 @@ from rich.console import Console
 
 import stream.record
 from fdrl.audio import SAMPLE_RATE, decode_audio, write_wav
-from fdrl.evaluate import resolve_device
+from fdrl.predict import resolve_device
 from fdrl.face import FACE_DIM, FaceResult
 from fdrl.labels import CANONICAL
 from fdrl.whisper import Transcript
@@ -37,12 +37,12 @@ from stream.events import (Error, Event, FaceUpdate, Fallback, Level, SpeechDisc
                            Utterance)
 from stream.inference import Request
 from stream.pipeline import FaceTrack, Recognizer
-from stream.record import RecordingError, load_session, read_events
-from stream.session import SessionOptions, merge, run_session
-from stream.sources import AudioChunk, CameraSource, ChunkSource, FileSource, MicrophoneSource
+from stream.record import load_session, read_events
+from stream.session import SessionOptions, run_session
+from stream.sources import AudioChunk, CameraSource, ChunkSource, FileSource, MicrophoneSource, merge
 from stream.ui import LiveView, ViewState, run_live, run_plain
-from tests.conftest import speak
-from tests.test_pipeline import THREE, fdrl_threads, finals, make_config, run, speech_file, utterances, words
+from tests.conftest import MIN_RECALL, speak, word_recall
+from tests.test_pipeline import THREE, fdrl_threads, finals, make_config, run, speech_file, utterances
 from tests.test_sources import FakeInputStream
 from tests.test_ui import render_text
 
@@ -144,7 +144,9 @@ class Scenarios(dict):
 def scenarios(media, tiny_checkpoint, tmp_path_factory) -> Scenarios:
     """The three-sentence file replayed with a fault at its second segment (one segment per batch), and
     the short-sound file as it is. Calls per segment: encode 1, classify 2 (provisional, final), transcribe 1."""
-    cfg = make_config(tmp_path_factory.mktemp("cfg"), "runtime.max_batch=1")
+    # A voice threshold no segment reaches: "no speech" (Whisper hears no words in a spoken segment)
+    # then stands for noise and is withdrawn; a wordless voice keeping its label is tests/test_asr_gate.py's.
+    cfg = make_config(tmp_path_factory.mktemp("cfg"), "runtime.max_batch=1", "asr.gate_min_voiced_s=30.0")
     three = media["three"].path
     silent = Transcript(text="", words=[], no_speech_prob=0.95, avg_logprob=-1.2)
     out = Scenarios()
@@ -166,7 +168,7 @@ def scenarios(media, tiny_checkpoint, tmp_path_factory) -> Scenarios:
                 out[name] = await replay(rec, path)
                 assert len({id(r.speaker) for r in requests}) == 1  # one stream, one speaker's statistics
                 labelled = [r for r in requests if r.final.done() and not r.final.exception() and r.final.result().speech]
-                out.frames[name] = [len(engine.encode([r])[0][0][:: engine.stride]) for r in labelled]
+                out.frames[name] = [len(engine.recipe.whisper_frames(engine.encode([r])[0][0])) for r in labelled]
                 out.frames[name].append(requests[0].speaker.heard.n if requests[0].speaker.heard else 0)
 
             with fault(engine, "encode", {2}, raising(RuntimeError("encoder fell over"))):
@@ -204,7 +206,7 @@ def test_a_failure_mid_stream_errors_its_segment_and_the_next_goes_on(media, sce
     assert len(errors) == 1 and errors[0].message == f"RuntimeError: {message}" and errors[0].stage == "inference"
     final = finals(events)
     assert [u.index for u in final] == [0, 2]
-    assert speech.keys[0] <= words(final[0].text) and speech.keys[2] <= words(final[1].text)
+    assert word_recall(speech.keys[0], final[0].text) >= MIN_RECALL and word_recall(speech.keys[2], final[1].text) >= MIN_RECALL
     # The encoder failed before any label; the model failed after the audio-only one was out.
     assert sorted(u.index for u in utterances(events) if not u.final) == provisional
     assert not of(Fallback, events)
@@ -232,7 +234,7 @@ def test_a_sound_too_short_for_an_utterance_closes_its_speech(scenarios):
     assert discarded[0].reason == "too_short" and discarded[0].index is None
     assert discarded[0].start == started[0].start < discarded[0].end < started[1].start
     [u] = finals(events)
-    assert {"open", "window"} <= words(u.text) and u.index == 0  # the discarded sound took no index
+    assert word_recall({"open", "window"}, u.text) >= MIN_RECALL and u.index == 0  # the discarded sound took no index
     stats = of(Stats, events)[-1]
     assert (stats.segments_closed, stats.discarded, stats.utterances) == (1, 1, 1)
     closes(events)
@@ -244,7 +246,7 @@ def test_out_of_gpu_memory_moves_to_the_cpu_and_loses_no_utterance(media, scenar
     assert not of(Error, events)
     final = finals(events)
     assert [u.index for u in final] == [0, 1, 2]
-    assert all(keys <= words(u.text) for u, keys in zip(final, speech.keys)), [u.text for u in final]
+    assert all(word_recall(keys, u.text) >= MIN_RECALL for u, keys in zip(final, speech.keys)), [u.text for u in final]
     # One label per stage and segment: the retried batch's second provisional was not sent again.
     assert sorted(u.index for u in utterances(events) if not u.final) == [0, 1, 2]
     *earlier, fallback = of(Fallback, events)
@@ -358,7 +360,7 @@ def test_camera_lost_mid_session_goes_on_with_audio_and_tells_the_user(media, ti
     assert faces and all(f.time <= lost.time for f in faces)  # pictures before, none after
     final = finals(events)
     assert [u.index for u in final] == [0, 1, 2]  # utterances kept coming after the camera went
-    assert all(keys <= words(u.text) for u, keys in zip(final, speech.keys)), [u.text for u in final]
+    assert all(word_recall(keys, u.text) >= MIN_RECALL for u, keys in zip(final, speech.keys)), [u.text for u in final]
     assert events.index(lost) < events.index(final[-1])
     assert camera.released
     closes(events)
@@ -373,9 +375,11 @@ def test_camera_lost_mid_session_goes_on_with_audio_and_tells_the_user(media, ti
 def test_the_view_shows_fallbacks_and_withdraws_discarded_labels():
     s = ViewState(device="cuda")
     scores = {name: (0.9 if name == "anger" else 0.1 / 6) for name in CANONICAL}
-    s.apply(Utterance("0", 0, 1.0, 2.0, "stop it", "anger", scores, True, ("audio", "text"), {}))
+    s.apply(Utterance(stream="0", index=0, start=1.0, end=2.0, text="stop it", label="anger", scores=scores, final=True,
+                      modalities=("audio", "text"), timings={}))
     s.apply(SpeechStarted("0", 3.0))
-    s.apply(Utterance("0", 1, 3.0, 4.0, "", "fear", {"fear": 1.0}, False, ("audio",), {}))
+    s.apply(Utterance(stream="0", index=1, start=3.0, end=4.0, text="", label="fear", scores={"fear": 1.0}, final=False,
+                      modalities=("audio",), timings={}))
     assert s.label == "fear"
     s.apply(SpeechDiscarded("0", 3.0, 4.0, "no_speech", 1))
     assert [u.index for u in s.lines()] == [0] and (s.label, s.current) == ("anger", ("0", 0))
@@ -538,7 +542,8 @@ class StalledFile(io.StringIO):
 async def counting_events(n: int, pulled: list[int], end: asyncio.Event | None = None):
     for k in range(n):
         pulled[0] += 1
-        yield Utterance("0", k, k, k + 0.5, f"line {k}", "neutral", {"neutral": 1.0}, True, ("audio",), {})
+        yield Utterance(stream="0", index=k, start=k, end=k + 0.5, text=f"line {k}", label="neutral", scores={"neutral": 1.0},
+                        final=True, modalities=("audio",), timings={})
         await asyncio.sleep(0.002)
     if end is not None:
         await end.wait()  # the stream stays open until told
@@ -674,17 +679,25 @@ class Disk:
         return f
 
 
-def test_disk_full_while_recording_is_one_error_and_the_files_stay_valid(media, tiny_checkpoint, tmp_path,
-                                                                         monkeypatch):
+def test_disk_full_while_recording_stops_only_the_recording(media, tiny_checkpoint, tmp_path, monkeypatch):
+    """The recording stops with one Error event and valid files; the labels go on to the final Stats."""
     cfg = make_config(tmp_path)
     monkeypatch.setattr(stream.record, "open", Disk(free=60_000).open, raising=False)
     rec = tmp_path / "rec"
     options = SessionOptions(record=rec, checkpoint=tiny_checkpoint, face=False)
     before = fdrl_threads()
+    screen = io.StringIO()
 
-    with pytest.raises(RecordingError, match=r"audio\.wav: No space left on device \(free some disk space"):
-        run(run_session(cfg, FileSource(media["three"].path), options, console=Console(file=io.StringIO())),
-            timeout=60)
+    stats = run(run_session(cfg, FileSource(media["three"].path), options, console=Console(file=screen, width=400)),
+                timeout=60)
+
+    assert stats is not None and stats.utterances == 3
+    assert stats.segments_closed == stats.utterances + stats.errors + stats.no_speech
+    told = [line for line in screen.getvalue().splitlines() if "error in output" in line]
+    assert len(told) == 1, told
+    assert "recording stopped, the session goes on" in told[0]
+    assert "audio.wav: No space left on device (free some disk space" in told[0]
+    assert not [p.name for p in rec.iterdir() if p.name.endswith(".tmp")]  # no empty session.json.tmp
 
     for _ in range(100):  # the decoder thread stops within its poll interval
         if fdrl_threads() <= before:

@@ -38,12 +38,14 @@ def some_events() -> list:
     return [
         SpeechStarted("mic", 0.2),
         Level("mic", 0.3, -20.5, True),
-        Utterance("mic", 0, 0.2, 1.4, "", "anger", SCORES, False, ("audio",), {"model": 0.01}),
-        Utterance("mic", 0, 0.2, 1.4, "leave me alone", "anger", SCORES, True, ("audio", "text"),
-                  {"asr": 0.2, "end_to_label": 0.31}, "fear"),
+        Utterance(stream="mic", index=0, start=0.2, end=1.4, text="", label="anger", scores=SCORES, final=False,
+                  modalities=("audio",), timings={"model": 0.01}),
+        Utterance(stream="mic", index=0, start=0.2, end=1.4, text="leave me alone", label="anger", scores=SCORES, final=True,
+                  modalities=("audio", "text"), timings={"asr": 0.2, "end_to_label": 0.31}, face_label="fear"),
         FaceUpdate("cam", 1.0, "fear", {"fear": 0.6, "neutral": 0.4}, (10, 20, 50, 50)),
         Error("mic", 1.5, "décodage raté", "asr", (1.4, 1.5)),
-        Stats("mic", 2.0, 1, 1, 1, 0, 0.0, 0, {"asr": 0}, 0.4, 0),
+        Stats(stream="mic", time=2.0, segments_closed=1, utterances=1, errors=1, no_speech=0, audio_dropped_s=0.0,
+              frames_dropped=0, queue_depths={"asr": 0}, compute_ratio=0.4, overflows=0),
     ]
 
 
@@ -249,8 +251,9 @@ def test_recorder_refuses_to_overwrite_a_session(tmp_path):
 
 def test_timeline_plot_from_recorded_jsonl(tmp_path):
     record_full(tmp_path / "s")
-    second = Utterance("mic", 1, 2.0, 3.5, "that is wonderful news", "happiness",
-                       {**SCORES, "anger": 0.0, "happiness": 0.9}, True, ("audio", "text"), {})
+    second = Utterance(stream="mic", index=1, start=2.0, end=3.5, text="that is wonderful news", label="happiness",
+                       scores={**SCORES, "anger": 0.0, "happiness": 0.9}, final=True, modalities=("audio", "text"),
+                       timings={})
     rows = [json.loads(line) for line in (tmp_path / "s" / "events.jsonl").read_text().splitlines()]
     rows.append(second.to_json())
     png = plot_timeline(rows, tmp_path / "plots" / "timeline.png")
@@ -267,5 +270,6 @@ def test_timeline_plot_from_recorded_jsonl(tmp_path):
 
 
 def test_timeline_plot_without_utterances(tmp_path):
-    png = plot_timeline([Utterance("mic", 0, 0, 1, "", "anger", SCORES, False, ("audio",), {})], tmp_path / "t.png")
+    png = plot_timeline([Utterance(stream="mic", index=0, start=0, end=1, text="", label="anger", scores=SCORES, final=False,
+                                   modalities=("audio",), timings={})], tmp_path / "t.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

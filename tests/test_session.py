@@ -22,9 +22,10 @@ from stream.cli import main
 from stream.events import FaceUpdate, Stats
 from stream.pipeline import Recognizer
 from stream.record import load_session, read_events
-from stream.session import SessionOptions, merge, run_session
-from stream.sources import CameraSource, FileSource, MicrophoneSource, list_devices
-from tests.test_pipeline import THREE, Speech, fdrl_threads, finals, make_config, run, speech_file, words
+from stream.session import SessionOptions, run_session
+from stream.sources import CameraSource, FileSource, MicrophoneSource, list_devices, merge
+from tests.conftest import MIN_RECALL, word_recall
+from tests.test_pipeline import THREE, Speech, fdrl_threads, finals, make_config, run, speech_file
 from tests.test_sources import FakeInputStream, make_mp4
 
 
@@ -199,7 +200,7 @@ def test_live_session_on_fake_devices_records_and_replays(speech, tiny_checkpoin
     events = read_events(out)
     live = finals(events)
     assert [u.index for u in live] == [0, 1, 2]
-    assert all(keys <= words(u.text) for u, keys in zip(live, speech.keys)), [u.text for u in live]
+    assert all(word_recall(keys, u.text) >= MIN_RECALL for u, keys in zip(live, speech.keys)), [u.text for u in live]
     assert all("end_to_label" in u.timings for u in live)  # live runs measure latency
     faces = [e for e in events if isinstance(e, FaceUpdate)]
     assert len(faces) >= 3 and all(f.label is None for f in faces)  # no face in a synthetic picture
@@ -238,7 +239,7 @@ def test_cli_replay_writes_jsonl_and_plot(speech, tiny_checkpoint, tmp_path, cap
     utterances = [line for line in lines if line["type"] == "utterance"]
     assert utterances and all({"start", "end", "text", "label", "scores", "final"} <= set(u) for u in utterances)
     final = [u for u in utterances if u["final"]]
-    assert len(final) == 3 and all(keys <= words(u["text"]) for u, keys in zip(final, speech.keys))
+    assert len(final) == 3 and all(word_recall(keys, u["text"]) >= MIN_RECALL for u, keys in zip(final, speech.keys))
     assert lines[-1]["type"] == "stats" and lines[-1]["utterances"] == 3
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The summary is written once: by the plain view at the end of stdout when that is not a
@@ -314,7 +315,7 @@ def test_library_example_runs(speech, tiny_checkpoint, tmp_path, capsys, monkeyp
     lines = capsys.readouterr().out.splitlines()
     assert "FileSource" in lines[0] and "ChunkSource" in lines[4] and len(lines) == 8
     for section in (lines[1:4], lines[5:8]):  # the same three utterances either way
-        assert all(keys <= words(line) for line, keys in zip(section, speech.keys)), section
+        assert all(word_recall(keys, line) >= MIN_RECALL for line, keys in zip(section, speech.keys)), section
     assert lines[1:4] == lines[5:8]
 
 

@@ -42,9 +42,10 @@ def test_short_soak_accounts_for_every_segment(soak, tmp_path):
     assert 100 < report.rss_loaded_mb <= report.rss_peak_mb and report.rss_end_mb <= report.rss_peak_mb
     assert report.growth_mb == pytest.approx(report.rss_end_mb - report.rss_warm_mb, abs=0.11)
     assert [m for m, _, _ in report.series] == [0, 1]  # a median per minute of stream time
-    if report.allocator == "glibc":  # what malloc holds for the program is part of the RSS
-        assert 0 < report.heap_end_mb < report.rss_end_mb
-        assert all(rss > heap > 0 for _, rss, heap in report.series)
+    if report.allocator == "glibc":  # what malloc holds for the program is measured
+        # Not bounded by the RSS: CTranslate2 (4.8) takes ~700 MB of mmapped chunks when it loads
+        # Whisper and touches few of their pages, so the heap counted may exceed the memory resident.
+        assert report.heap_end_mb > 0 and all(heap > 0 for _, _, heap in report.series)
     assert report.passed == (report.accounting_ok and report.growth_mb < report.growth_limit_mb == 50.0)
 
 

@@ -15,9 +15,8 @@ import pytest
 
 from fdrl.audio import SAMPLE_RATE, Resampler, decode_audio
 from fdrl.errors import UserError
-from stream import sources
-from stream.sources import (AudioChunk, CameraSource, ChunkClock, ChunkSource, DropOldestQueue, FileSource,
-                            MicrophoneSource, SourceLost, VideoFrame, list_devices)
+from stream.sources import (AudioChunk, Bridge, CameraSource, ChunkClock, ChunkSource, FileSource, MicrophoneSource,
+                            SourceLost, VideoFrame, list_devices, microphone, on_thread)
 
 
 def run(coro):
@@ -317,15 +316,52 @@ def test_microphone_drops_oldest_when_consumer_is_slow():
     assert last.t + len(last.samples) / SAMPLE_RATE == pytest.approx(0.6, abs=0.01)  # times stay true
 
 
-def test_drop_oldest_queue_accounting():
+def test_bridge_drop_oldest_accounting():
     async def main() -> None:
-        q = DropOldestQueue(2)
+        q = Bridge(2, when_full="drop_oldest", weight=lambda chunk: chunk.duration)
         for k in range(5):
-            q.put(AudioChunk(0.1 * k, np.zeros(1600, np.float32)))
-        assert q.qsize() == 2 and q.dropped_s == pytest.approx(0.3)
-        assert (await q.get()).t == pytest.approx(0.3)
+            assert q.put(AudioChunk(0.1 * k, np.zeros(1600, np.float32)))
+        assert q.qsize() == 2 and q.dropped == 3 and q.dropped_weight == pytest.approx(0.3)
+        assert (await anext(q)).t == pytest.approx(0.3)
+        q.close()
+        assert not q.put(AudioChunk(0.5, np.zeros(1600, np.float32)))  # the producer is told to stop
+        with pytest.raises(StopAsyncIteration):
+            await anext(q)
 
     run(main())
+
+
+def test_bridge_wait_holds_the_producer_and_close_wakes_it():
+    async def main() -> None:
+        q: Bridge[int] = Bridge(2, when_full="wait")
+        put: list[bool] = []
+        producer = threading.Thread(target=lambda: put.extend(q.put(k) for k in range(4)))
+        producer.start()
+        assert await anext(q) == 0
+        await asyncio.sleep(0.05)
+        assert q.qsize() == 2 and producer.is_alive()  # 1 and 2 wait; 3 waits for room
+        q.close()  # wakes the waiting producer, whose put fails
+        await asyncio.to_thread(producer.join, 5)
+        assert put == [True, True, True, False] and q.dropped == 0
+
+    run(main())
+
+
+def test_bridge_hands_a_producer_error_over_after_its_items():
+    def produce(stop: threading.Event):
+        yield 1
+        yield 2
+        raise OSError("disk gone")
+
+    async def main() -> list[int]:
+        got: list[int] = []
+        with pytest.raises(OSError, match="disk gone"):
+            async for item in on_thread(produce, Bridge(8, when_full="wait"), name="fdrl-test-producer"):
+                got.append(item)
+        assert await no_threads_left("fdrl-test-producer")
+        return got
+
+    assert run(main()) == [1, 2]
 
 
 def test_chunk_clock_mono_16k_passthrough_and_epoch():
@@ -387,7 +423,7 @@ DEVICES = [
 
 
 def test_microphone_bad_device_names_it(monkeypatch):
-    monkeypatch.setattr(sources, "import_sounddevice", lambda: FakeSounddevice(DEVICES))
+    monkeypatch.setattr(microphone, "import_sounddevice", lambda: FakeSounddevice(DEVICES))
     with pytest.raises(UserError, match="'Blue Yeti' not found.*fdrl devices"):
         MicrophoneSource(device="Blue Yeti")
     mic = MicrophoneSource(device="USB")

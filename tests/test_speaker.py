@@ -6,7 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from fdrl.features import Sample
+from fdrl.inputs import Sample
 from fdrl.speaker import Moments, RunningSpeaker, SpeakerNorm, standardize
 
 rng = np.random.default_rng(0)
@@ -79,3 +79,29 @@ def test_round_trip_through_a_dict():
     assert again.prior_frames == 123 and again.prior.n == 50
     np.testing.assert_allclose(again.prior.mean, norm.prior.mean)
     assert dataclasses.asdict(again.prior).keys() == {"n", "mean", "var"}
+
+
+def test_subset_norm_draws_the_clip_itself_and_up_to_all_of_its_speaker():
+    """Every subset holds the clip itself and only its speaker's clips; sizes span 1 .. all (log-uniform:
+    about half at most sqrt(n)); the moments are those of the subset's frames pooled; a clip without
+    a speaker id is normalized by itself alone."""
+    from fdrl.speaker import SubsetNorm
+    samples = [Sample(0, "a", audio=frames(5 + k, 1.0)) for k in range(16)] + [Sample(1, "b", audio=frames(8, -1.0)),
+                                                                             Sample(2, "", audio=frames(6, 3.0))]
+    norm = SpeakerNorm.fit(samples, prior_frames=0)
+    subsets = SubsetNorm(samples, norm)
+    draw = np.random.default_rng(0)
+    sizes = []
+    for _ in range(400):
+        idx = subsets.subset(3, draw)
+        assert idx[0] == 3 and len(set(idx)) == len(idx) and set(idx) <= set(range(16))
+        sizes.append(len(idx))
+    assert min(sizes) == 1 and max(sizes) == 16 and 0.35 < np.mean(np.array(sizes) <= 4) < 0.65
+    idx = np.array([3, 7, 0])
+    pooled = subsets.heard(idx)
+    whole = np.concatenate([samples[i].audio for i in idx]).astype(np.float64)
+    np.testing.assert_allclose(pooled.mean, whole.mean(0), rtol=1e-9)
+    np.testing.assert_allclose(pooled.var, whole.var(0), rtol=1e-6)
+    assert list(subsets.subset(17, draw)) == [17] and list(subsets.subset(16, draw)) == [16]
+    [alone] = subsets.draw(samples, [17], draw)
+    np.testing.assert_allclose(alone.audio, norm.apply([samples[17]])[0].audio, atol=1e-5)

@@ -19,13 +19,30 @@ def cfg(tmp_path_factory):
 def test_cv_runs_every_seed_and_reports_mean_and_spread(cfg, mini_corpus, tmp_path):
     report = tmp_path / "report.json"
     result = train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.pt",
-                           cv=True, seeds=2, report=report)
+                           cv="speaker", seeds=2, report=report)
     cv = result["cross_validation"]
     assert cv["folds"] == 2 and cv["seeds"] == [0, 1] and list(cv["table"]) == ["FDRL"]
     mean, std = cv["table"]["FDRL"]["uar"]
     assert 0.0 <= mean <= 1.0 and std >= 0.0
     assert json.loads(report.read_text())["cross_validation"] == json.loads(json.dumps(cv))
     assert (tmp_path / "m.pt").is_file()
+    # Calibration: the temperature fitted on the held-out folds is reported and shipped in the checkpoint;
+    # ECE before and after, and UAR with each clip normalized by itself, are in the table.
+    from fdrl import checkpoint
+    assert 0.05 <= cv["temperature"] <= 20 and checkpoint.load(tmp_path / "m.pt").temperature == pytest.approx(cv["temperature"])
+    assert {"ece", "ece_calibrated", "uar_no_speaker"} <= set(cv["table"]["FDRL"])
+
+
+def test_leave_one_corpus_out_holds_out_each_corpus(cfg, mini_corpus, tmp_path):
+    """The mini corpus's two voices, named as two corpora: one fold each, the other corpus trains it."""
+    lines = [json.loads(line) for line in (mini_corpus / "manifest.jsonl").read_text().splitlines()]
+    for line in lines:
+        if "audio" in line:
+            line["audio"], line["corpus"] = str(mini_corpus / line["audio"]), line["speaker"]
+    manifest = tmp_path / "two-corpora.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    result = train_command(cfg, Corpora(manifests=[manifest]), tmp_path / "m.pt", cv="corpus")
+    assert result["cross_validation"]["kind"] == "corpus" and result["cross_validation"]["folds"] == 2
 
 
 def test_ablation_tables_every_variant(cfg, mini_corpus, tmp_path):
@@ -35,8 +52,9 @@ def test_ablation_tables_every_variant(cfg, mini_corpus, tmp_path):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"cv": True, "seeds": 0}, "--seeds 0: give a count of at least 1"),
+    ({"cv": "speaker", "seeds": 0}, "--seeds 0: give a count of at least 1"),
     ({"seeds": 2}, "together with --cv or --ablation"),
+    ({"cv": "actor"}, "--cv actor: use one of speaker, corpus"),
 ])
 def test_bad_seed_counts_are_refused_before_any_work(cfg, mini_corpus, tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
@@ -51,3 +69,24 @@ def test_nothing_to_train_on_and_unknown_labels(cfg, tmp_path):
     manifest.write_text('{"text": "hm", "label": "boredom"}\n')
     with pytest.raises(UserError, match="boredom"):
         train_command(cfg, Corpora(manifests=[manifest]), tmp_path / "m.pt")
+
+
+def test_balanced_epochs_give_every_corpus_the_same_share():
+    """Corpora of 10 and 30 clips: 20 draws each per epoch (the mean, so the epoch keeps its length),
+    the large one without repeats; unbalanced, every clip once. Text-only rows are drawn apart."""
+    import numpy as np
+
+    from fdrl.inputs import Sample
+    from fdrl.train import epoch_draw
+    audio = np.zeros((3, 4), np.float32)
+    samples = ([Sample(0, "s", audio=audio, corpus="small") for _ in range(10)]
+               + [Sample(0, "t", audio=audio, corpus="large") for _ in range(30)]
+               + [Sample(0, "g", text=audio) for _ in range(50)])
+    drawn = epoch_draw(samples, np.random.default_rng(0), text_only_per_epoch=7, balance_corpora=True)
+    corpus = [samples[i].corpus for i in drawn if samples[i].audio is not None]
+    assert corpus.count("small") == corpus.count("large") == 20
+    large = [i for i in drawn if samples[i].corpus == "large"]
+    assert len(set(large)) == 20 and set(range(10)) <= set(drawn)  # every small clip, no large clip twice
+    assert sum(samples[i].audio is None for i in drawn) == 7
+    plain = epoch_draw(samples, np.random.default_rng(0), text_only_per_epoch=7)
+    assert sorted(i for i in plain if samples[i].audio is not None) == list(range(40))

@@ -20,8 +20,8 @@ SCORES = {"neutral": 0.05, "happiness": 0.02, "sadness": 0.03, "anger": 0.81, "f
 def utt(index: int, start: float, end: float, text: str = "", label: str = "anger", final: bool = True,
         scores: dict[str, float] | None = None, latency: float | None = None, stream: str = "mic") -> Utterance:
     timings = {"end_to_label": latency} if latency is not None else {}
-    return Utterance(stream, index, start, end, text, label, scores or SCORES, final,
-                     ("audio", "text") if final else ("audio",), timings)
+    return Utterance(stream=stream, index=index, start=start, end=end, text=text, label=label, scores=scores or SCORES,
+                     final=final, modalities=("audio", "text") if final else ("audio",), timings=timings)
 
 
 def stats(**kw) -> Stats:
@@ -202,12 +202,28 @@ def test_run_live_redraws_on_a_timer_not_per_event(monkeypatch):
     assert "utterance number 19" in file.getvalue()  # the last state was drawn
 
 
-def test_run_live_rejects_bad_refresh_rate():
-    with pytest.raises(UserError, match="refresh_hz"):
-        asyncio.run(run_live(agen([]), Console(file=io.StringIO()), refresh_hz=0))
+def test_a_bad_refresh_rate_is_a_config_error():
+    from fdrl import config
+    with pytest.raises(UserError, match="ui.refresh_hz"):
+        config.load(overrides=["ui.refresh_hz=0"])
 
 
 def test_pick_view_by_terminal():
     plain_console = Console(file=io.StringIO())
     assert pick_view(plain_console).func is ui.run_plain
     assert pick_view(Console(file=io.StringIO(), force_terminal=True)).func is ui.run_live
+
+
+def test_an_uncertain_voice_only_label_says_so_and_keeps_its_best_guess():
+    """Below `labels.uncertain_below` the headline says "uncertain" with the best guess beside it; a
+    label from the voice alone says why the words did not count, in the view and in plain lines."""
+    import dataclasses
+    u = dataclasses.replace(utt(0, 1.0, 2.5, "I'm going to go to the next one."), label="uncertain", best_guess="anger",
+                            modalities=("audio",), text_dropped="low_asr_confidence")
+    v = LiveView()
+    v.apply(u)
+    text = render_text(v)
+    assert "emotion: uncertain (best guess anger)" in text and "0.81" in text
+    assert "voice only: the ASR was unsure of the words" in text
+    line = ui.format_utterance(u)
+    assert "uncertain" in line and "0.81" in line and "(best guess anger)" in line and "voice only" in line

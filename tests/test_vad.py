@@ -6,6 +6,8 @@ voiced span ceil(400/30) = 14 frames.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +18,8 @@ import pytest
 from fdrl.audio import SAMPLE_RATE, decode_audio
 from fdrl.config import load
 from fdrl.errors import UserError
-from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, VadOptions, level_db
+from fdrl.config import Vad
+from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, level_db
 
 FRAME = 480  # 30 ms at 16 kHz
 
@@ -26,13 +29,18 @@ def pattern(spec: str) -> np.ndarray:
     return np.concatenate([np.full(FRAME, 0.5 if c == "1" else 0.0, np.float32) for c in spec])
 
 
+def vad_options(**changes) -> Vad:
+    """config.toml's `[vad]`, with a 200 ms tail (the scripted patterns below count it) and `changes`."""
+    return dataclasses.replace(load().vad, **{"tail_ms": 200, **changes})
+
+
 def scripted(pcm: bytes) -> bool:
     """Voiced iff the frame is not silent: the pattern above decides every frame."""
     return bool(np.any(np.frombuffer(pcm, "<i2")))
 
 
-def run(audio: np.ndarray, options: VadOptions | None = None, flush: bool = True) -> tuple[list, Segmenter]:
-    seg = Segmenter(options or VadOptions(), is_speech=scripted)
+def run(audio: np.ndarray, options: Vad | None = None, flush: bool = True) -> tuple[list, Segmenter]:
+    seg = Segmenter(options or vad_options(), is_speech=scripted)
     events = list(seg.feed(audio))
     if flush:
         events += list(seg.flush())
@@ -65,7 +73,7 @@ def test_one_utterance_exact_times_with_preroll_and_tail():
 
 def test_events_come_out_on_the_deciding_frame():
     audio = pattern("0" * 20 + "1" * 30 + "0" * 40)
-    seg = Segmenter(VadOptions(), is_speech=scripted)
+    seg = Segmenter(vad_options(), is_speech=scripted)
     assert list(seg.feed(audio[:25 * FRAME])) == []            # frames 0..24: only 5 voiced
     (start,) = seg.feed(audio[25 * FRAME:26 * FRAME])          # frame 25 is the 6th voiced frame
     assert isinstance(start, SegmentStart) and seg.speaking
@@ -107,7 +115,7 @@ def test_pause_of_hangover_splits_into_contiguous_segments():
 
 
 def test_max_length_splits_and_continues():
-    options = VadOptions(max_utterance_ms=3000)  # 100 frames
+    options = vad_options(max_utterance_ms=3000)  # 100 frames
     audio = pattern("0" * 20 + "1" * 250 + "0" * 40)  # voiced frames 20..269
     events, _ = run(audio, options)
     assert summary(events) == [
@@ -120,7 +128,7 @@ def test_max_length_splits_and_continues():
 
 
 def test_continuation_without_speech_is_discarded():
-    options = VadOptions(max_utterance_ms=3000)
+    options = vad_options(max_utterance_ms=3000)
     events, seg = run(pattern("0" * 20 + "1" * 90 + "0" * 40), options)  # speech ends exactly at the cut
     assert summary(events) == [("start", 0.30), ("segment", 0.30, 3.30, True, 100 * FRAME),
                                ("start", 3.30), ("discarded", 3.30, 3.51)]
@@ -129,7 +137,7 @@ def test_continuation_without_speech_is_discarded():
 
 def test_flush_closes_open_segment():
     audio = np.concatenate([pattern("0" * 20 + "1" * 30 + "00000"), np.zeros(100, np.float32)])
-    seg = Segmenter(VadOptions(), is_speech=scripted)
+    seg = Segmenter(vad_options(), is_speech=scripted)
     assert [type(e) for e in seg.feed(audio)] == [SegmentStart]
     (closed,) = seg.flush()
     # Only 5 frames after the last voiced one exist: end = frame 55, not 57; the partial frame is ignored.
@@ -148,7 +156,7 @@ def test_chunking_does_not_change_the_result():
     rng = np.random.default_rng(7)
     runs = [("1" if i % 2 else "0") * int(n) for i, n in enumerate(rng.integers(3, 60, size=40))]
     audio = pattern("".join(runs)) * rng.uniform(0.5, 1.0, size=len("".join(runs)) * FRAME).astype(np.float32)
-    options = VadOptions(max_utterance_ms=1500)
+    options = vad_options(max_utterance_ms=1500)
     whole, _ = run(audio, options)
     seg = Segmenter(options, is_speech=scripted)
     pieces, pos = [], 0
@@ -165,7 +173,7 @@ def test_chunking_does_not_change_the_result():
 
 def test_fed_buffer_may_be_reused_by_the_caller():
     audio = pattern("0" * 20 + "1" * 30 + "0" * 40)
-    seg = Segmenter(VadOptions(), is_speech=scripted)
+    seg = Segmenter(vad_options(), is_speech=scripted)
     block = np.empty(FRAME, np.float32)
     events = []
     for i in range(0, len(audio), FRAME):
@@ -176,7 +184,7 @@ def test_fed_buffer_may_be_reused_by_the_caller():
 
 def test_feed_works_even_if_events_are_ignored():
     audio = pattern("0" * 20 + "1" * 30 + "0" * 40)
-    seg = Segmenter(VadOptions(), is_speech=scripted)
+    seg = Segmenter(vad_options(), is_speech=scripted)
     seg.feed(audio[:30 * FRAME])  # events not iterated: the frames are still consumed
     assert seg.speaking
     (closed,) = seg.feed(audio[30 * FRAME:])
@@ -192,16 +200,16 @@ def test_level_db():
     assert Segmenter.level_db(np.full(10, 1.0, np.float32)) == pytest.approx(0.0, abs=1e-6)
 
 
-def test_options_validation_and_config():
+def test_options_are_checked_by_the_config_rules():
     with pytest.raises(UserError, match="frame_ms"):
-        VadOptions(frame_ms=25)
+        Segmenter(vad_options(frame_ms=25), is_speech=scripted)
     with pytest.raises(UserError, match="aggressiveness"):
-        VadOptions(aggressiveness=4)
+        Segmenter(vad_options(aggressiveness=4), is_speech=scripted)
+    with pytest.raises(UserError, match="tail_ms"):
+        Segmenter(vad_options(tail_ms=600), is_speech=scripted)
     with pytest.raises(UserError, match="sample rate"):
-        Segmenter(VadOptions(), sample_rate=44100, is_speech=scripted)
-    opts = VadOptions.from_config(load().vad)
-    # config.toml holds the same defaults, but for the tail: the shipped model was trained on clips without one
-    assert opts == VadOptions(tail_ms=0)
+        Segmenter(vad_options(), sample_rate=44100, is_speech=scripted)
+    assert Segmenter(is_speech=scripted).options == load().vad  # the default is config.toml's
 
 
 def test_other_frame_size_scales_times():
@@ -209,7 +217,7 @@ def test_other_frame_size_scales_times():
     ten = 160
     spec = "0" * 60 + "1" * 90 + "0" * 120
     audio = np.concatenate([np.full(ten, 0.5 if c == "1" else 0.0, np.float32) for c in spec])
-    seg = Segmenter(VadOptions(frame_ms=10), is_speech=scripted)
+    seg = Segmenter(vad_options(frame_ms=10), is_speech=scripted)
     events = list(seg.feed(audio)) + list(seg.flush())
     assert summary(events) == [("start", 0.30), ("segment", 0.30, 1.70, False, 140 * ten)]
 
@@ -230,7 +238,7 @@ def silence(seconds: float) -> np.ndarray:
 
 
 def segments(audio: np.ndarray) -> list[Segment]:
-    seg = Segmenter(VadOptions())
+    seg = Segmenter(vad_options())
     events = [e for block in np.array_split(audio, max(1, len(audio) // 1000)) for e in seg.feed(block)]
     return [e for e in events + list(seg.flush()) if isinstance(e, Segment)]
 
@@ -272,7 +280,7 @@ def test_speech_span_crops_a_clip_like_the_live_segmenter(tmp_path):
     speech = speak("please open the window", tmp_path / "s.wav")
     silence = np.zeros(SAMPLE_RATE, np.float32)
     clip = np.concatenate([silence, speech, silence])
-    options = VadOptions()
+    options = vad_options()
     start, end = speech_span(clip, options)
     assert 0.5 * SAMPLE_RATE < start < SAMPLE_RATE + len(speech) // 4   # near the speech onset, pre-roll included
     assert SAMPLE_RATE + len(speech) // 2 < end < 1.5 * SAMPLE_RATE + len(speech)

@@ -13,10 +13,11 @@ from fdrl import config
 from fdrl.audio import SAMPLE_RATE, decode_audio
 from fdrl.errors import UserError
 from fdrl.whisper import Transcript, Whisper, frame_count
+from tests.conftest import MIN_RECALL, word_recall, words
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
-# Phrases tiny.en transcribes exactly from espeak-ng's voices (some, like "the weather...", it does not).
+# Phrases tiny.en transcribes well from espeak-ng's voices (some, like "the weather...", it does not).
 HAPPY = "I am very happy to see you"
 WINDOW = "please open the window"
 
@@ -41,10 +42,6 @@ def window(tmp_path_factory) -> np.ndarray:
     return speak(WINDOW, tmp_path_factory.mktemp("speech") / "window.wav")
 
 
-def words_of(text: str) -> list[str]:
-    return re.sub(r"[^a-z0-9' ]", " ", text.lower()).split()
-
-
 def assert_good_timestamps(t: Transcript, audio: np.ndarray) -> None:
     duration = audio.size / SAMPLE_RATE
     assert t.words, "word timestamps expected"
@@ -54,7 +51,7 @@ def assert_good_timestamps(t: Transcript, audio: np.ndarray) -> None:
     starts = [w.start for w in t.words]
     assert starts == sorted(starts)
     assert all(a.end <= b.start + 1e-6 for a, b in zip(t.words, t.words[1:]))
-    assert words_of(" ".join(w.text for w in t.words)) == words_of(t.text)
+    assert words(" ".join(w.text for w in t.words)) == words(t.text)
 
 
 # -- ASR -----------------------------------------------------------------------------------------
@@ -63,7 +60,7 @@ def assert_good_timestamps(t: Transcript, audio: np.ndarray) -> None:
 def test_transcribes_synthetic_speech(whisper, happy, window, phrase):
     audio = happy if phrase == HAPPY else window
     t = whisper.transcribe(audio)
-    assert words_of(t.text) == words_of(phrase)
+    assert word_recall(phrase, t.text) >= MIN_RECALL, t.text
     assert t.no_speech_prob < 0.5 and t.avg_logprob > -1.0
     assert_good_timestamps(t, audio)
 
@@ -72,7 +69,7 @@ def test_word_times_follow_the_audio(whisper, happy):
     # The same sentence after 1 s of silence: every word moves about 1 s later.
     t0 = whisper.transcribe(happy)
     t1 = whisper.transcribe(np.concatenate([np.zeros(SAMPLE_RATE, np.float32), happy]))
-    assert words_of(t1.text) == words_of(HAPPY)
+    assert word_recall(HAPPY, t1.text) >= MIN_RECALL, t1.text
     assert t1.words[0].start > 0.5  # Whisper word times are good to a few hundred ms
     shifts = [b.end - a.end for a, b in zip(t0.words, t1.words)]
     assert np.median(shifts) == pytest.approx(1.0, abs=0.15)
@@ -92,7 +89,7 @@ def test_silence_and_noise_give_no_text(whisper, name, audio):
 
 def test_speech_in_noise_is_kept(whisper, happy):
     noisy = happy + 0.01 * np.random.default_rng(2).standard_normal(happy.size).astype(np.float32)
-    assert {"happy", "see", "you"} <= set(words_of(whisper.transcribe(noisy).text))
+    assert word_recall({"happy", "see", "you"}, whisper.transcribe(noisy).text) >= MIN_RECALL
 
 
 # -- the encoder pass ----------------------------------------------------------------------------
@@ -130,7 +127,7 @@ def test_long_utterance_is_encoded_in_30s_windows(whisper, happy):
     tail = whisper.encode([audio[30 * SAMPLE_RATE:]])[0]
     assert np.abs(frames[1500:] - tail).mean() < 0.05 * np.abs(tail).mean()
     assert np.abs(frames[1250:1500] - tail).mean() > 0.3 * np.abs(tail).mean()  # not just any frames
-    assert words_of(t.text) == words_of(HAPPY)
+    assert word_recall(HAPPY, t.text) >= MIN_RECALL, t.text
     assert 30.5 < t.words[0].start < 32.5
     assert t.no_speech_prob < 0.6  # the scores are those of the speech window, not the silent one
 
@@ -161,7 +158,7 @@ def test_encode_shared_then_transcribe_does_not_encode_again(whisper, happy, win
         np.testing.assert_allclose(frames, expected, atol=1e-3)
         np.testing.assert_array_equal(full[:len(frames)], frames)  # frames are the window's first states
     monkeypatch.setattr(whisper.model, "encode", lambda features: pytest.fail("encoder ran again"))
-    assert words_of(whisper.transcribe(window, encoder_output=shared[1][1]).text) == words_of(WINDOW)
+    assert word_recall(WINDOW, whisper.transcribe(window, encoder_output=shared[1][1]).text) >= MIN_RECALL
     with pytest.raises(ValueError, match="full window"):
         whisper.transcribe(window, encoder_output=shared[1][0])  # the trimmed frames cannot be decoded
 
@@ -199,3 +196,10 @@ def test_missing_model_package_is_a_user_error(monkeypatch):
 def test_english_only_model_rejects_other_languages():
     with pytest.raises(UserError, match="English-only"):
         Whisper(language="de")
+
+
+def test_audio_too_short_for_a_word_has_an_empty_transcript(whisper, happy):
+    """A 10 ms clip once crashed faster-whisper's word alignment (IndexError) and lost a whole eval."""
+    for n in (0, 1, 160, 1599):
+        t = whisper.transcribe(happy[4000:4000 + n])
+        assert t.text == "" and t.words == [] and t.no_speech_prob == 1.0

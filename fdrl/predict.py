@@ -1,0 +1,81 @@
+"""Inference helpers shared by `fdrl eval`, training's validation and the live engine.
+
+They live apart from training and evaluation so that the live path loads neither: a running
+recognizer needs the device, the model's posteriors and the face fusion, nothing that trains.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from fdrl.calibration import softmax
+from fdrl.inputs import Sample
+from fdrl.labels import CANONICAL
+from fdrl.model import FDRL, collate
+
+
+def resolve_device(name: str, warn: Callable[[str], None] | None = None) -> str:
+    """The torch device for `runtime.device`: "auto" takes CUDA when there is a GPU.
+
+    "cuda" without a usable GPU is not fatal: everything runs on the CPU, only slower, so the
+    caller is told through `warn` (default: a RuntimeWarning) and gets "cpu".
+    """
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        message = f"runtime.device is {name!r} but CUDA is not available: running on the CPU (slower)"
+        if warn is not None:
+            warn(message)
+        else:
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
+        return "cpu"
+    return name
+
+
+def cpu_bf16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX). There the head's forward
+    runs under bf16 autocast (faster, posteriors within a few thousandths, see the README's
+    benchmark); elsewhere bf16 is emulated, and slower."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+
+
+@torch.inference_mode()
+def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:
+    """Fused logits [N, C]; `bf16` None = on a CPU that has it (`cpu_bf16`)."""
+    model.eval()
+    device = next(model.parameters()).device
+    bf16 = device.type == "cpu" and cpu_bf16() if bf16 is None else bf16
+    out = []
+    for i in range(0, len(samples), batch_size):
+        batch = collate(list(samples[i:i + batch_size]), model.dims).to(device)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(batch).logits
+        out.append(logits.float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
+
+
+def predict_proba(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool | None = None,
+                  temperature: float = 1.0) -> np.ndarray:
+    """Class posteriors [N, C] of the fused output, the logits divided by the checkpoint's calibrated
+    `temperature` first (fdrl.calibration: same labels, scores that mean what they say)."""
+    return softmax(predict_logits(model, samples, batch_size, bf16), temperature).astype(np.float32)
+
+
+def late_fusion(p_model: np.ndarray, samples: Sequence[Sample], labels: Sequence[str], face_weight: float) -> np.ndarray:
+    """p = (1 - w) * p_fdrl + w * p_face for utterances where a face was seen (face posteriors are in CANONICAL order).
+
+    A checkpoint trained on labels outside CANONICAL (a custom `labels.names`) has no face
+    counterpart for them, so its probabilities pass through unfused.
+    """
+    p = p_model.copy()
+    if not set(labels) <= set(CANONICAL):
+        return p
+    order = [CANONICAL.index(name) for name in labels]
+    for i, s in enumerate(samples):
+        if s.face_posterior is not None and face_weight > 0:
+            face = s.face_posterior[order]
+            p[i] = (1 - face_weight) * p[i] + face_weight * face / max(face.sum(), 1e-8)
+    return p
