@@ -22,7 +22,8 @@ import numpy as np
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
-from faster_whisper.transcribe import Segment, TranscriptionOptions, get_suppressed_tokens
+from faster_whisper.transcribe import Segment as DecodedSegment
+from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
 from fdrl import cuda_libs
 from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE
@@ -33,8 +34,8 @@ SAMPLES_PER_FRAME = 320       # one encoder state per 20 ms at 16 kHz
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
 WINDOW_FRAMES = WINDOW_SAMPLES // SAMPLES_PER_FRAME  # 1500 states per 30-s window
 WINDOW_MELS = 2 * WINDOW_FRAMES  # 3000 log-mel frames (10 ms) per window; the encoder halves them
-# Windows per encoder call. A GPU gains from large batches. On CPU the 30-s attention matrices make
-# batching memory-bound: on 2 cores, 8 windows took 1.9 s as 8 calls, 2.0 s as 4 of 2, 2.7 s as 1 of 8.
+# Windows per encoder call. A GPU gains from large batches; on CPU the 30-s attention matrices make
+# batching memory-bound, so larger batches were measured slower there (`bench.run` times the encoder).
 ENCODE_BATCH = {"cuda": 16, "cpu": 2}
 MIN_WORD_PROBABILITY = 0.5    # a "no speech" segment whose words average less is a hallucination
 
@@ -235,7 +236,7 @@ class Whisper:
             compression_ratio=float(max((s.compression_ratio for s in scored), default=0.0)),
         )
 
-    def _is_silence(self, segment: Segment) -> bool:
+    def _is_silence(self, segment: DecodedSegment) -> bool:
         """Whisper's no-speech gate (no-speech token likely and the text unsure), widened for the ways
         tiny.en still "hears" text in silence and noise while confident: text without a letter or digit
         (" . . ."), a repetition loop (gzip compression ratio above Whisper's 2.4), or words the model

@@ -82,7 +82,10 @@ def test_other_languages_lose_their_words_and_english_keeps_them(spoken, tiny_ch
 
     async def main() -> dict[str, list[Utterance]]:
         async with Recognizer(cfg, tiny_checkpoint, face=False) as rec:
-            return {v: finals([e async for e in rec.run(FileSource(s.path))]) for v, s in spoken.items()}
+            out = {}
+            for voice, speech in spoken.items():
+                out[voice] = finals([e async for e in rec.run(FileSource(speech.path))])
+            return out
 
     out = run(main(), timeout=300)
     for voice, utterances in out.items():
