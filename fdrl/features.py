@@ -114,7 +114,6 @@ class FeatureExtractor:
         self.device = device
         self.recipe = Recipe.from_config(cfg)
         self.gate = asr_gate.Gate.from_config(cfg)
-        self.stride = self.recipe.stride
         self.vad = cfg.vad
         self._whisper = None
         self._text = None
@@ -208,7 +207,7 @@ class FeatureExtractor:
     def _audio_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
         """Whisper frames (every stride-th) of the VAD-cropped speech, plus the transcript and word
         times for items without their own text."""
-        identity = json.dumps({"whisper": self.encoder_ids["whisper"], "stride": self.stride,
+        identity = json.dumps({"whisper": self.encoder_ids["whisper"], "stride": self.recipe.stride,
                                "vad_crop": dataclasses.asdict(self.vad)}, sort_keys=True)
 
         def key(i: int) -> str:
@@ -263,7 +262,7 @@ class FeatureExtractor:
     def _prosody_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
         """Prosody rows of the same VAD-cropped speech, on the audio frames' grid (kept apart from
         Whisper's part, so switching `encoders.prosody` never re-runs Whisper)."""
-        identity = json.dumps({"prosody": PROSODY_ID, "stride": self.stride, "vad_crop": dataclasses.asdict(self.vad)},
+        identity = json.dumps({"prosody": PROSODY_ID, "stride": self.recipe.stride, "vad_crop": dataclasses.asdict(self.vad)},
                               sort_keys=True)
         return self._cached(
             "prosody", len(items), lambda i: _clip_key(identity, items[i], items[i].audio),
