@@ -10,7 +10,11 @@ FDRL_TORCH ?= torch
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-SYSTEM_PACKAGES := libportaudio2 libjemalloc2 espeak-ng
+# Extras: `ray` (fdrl predict --ray, tested on a local Ray) and `cuda` (CUDA 12 cuBLAS for Whisper on a GPU,
+# pyproject.toml) where a GPU driver is installed.
+EXTRAS ?= dev,ray$(if $(shell command -v nvidia-smi 2>/dev/null),$(comma)cuda)
+comma := ,
+SYSTEM_PACKAGES := libportaudio2 libjemalloc2 espeak-ng chromium chromium-driver
 
 .PHONY: demo test setup system-packages clean
 
@@ -26,7 +30,8 @@ test: setup
 setup: system-packages $(STAMP)
 
 # Debian/Ubuntu libraries: PortAudio for the microphone, jemalloc for flat memory in long sessions
-# (stream/process.py), espeak-ng for generated test speech.
+# (stream/process.py), espeak-ng for generated test speech, Chromium and its WebDriver for the test of
+# `fdrl serve`'s browser page (tests/test_serve.py).
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
@@ -42,7 +47,7 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(FDRL_TORCH)"
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[$(EXTRAS)]"
 	touch $(STAMP)
 
 clean:

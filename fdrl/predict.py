@@ -36,18 +36,20 @@ def resolve_device(name: str, warn: Callable[[str], None] | None = None) -> str:
 
 
 def cpu_bf16() -> bool:
-    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX). There the head's forward
-    runs under bf16 autocast (faster, posteriors within a few thousandths, see the README's
-    benchmark); elsewhere bf16 is emulated, and slower."""
+    """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated.
+
+    Even where it is native, the head runs in float32 unless `runtime.cpu_bf16` asks otherwise:
+    oneDNN builds and caches bf16 kernels per input shape, and utterance lengths never stop
+    changing, so a long session paid hundreds of MB for a speed-up it did not get (README "Memory").
+    """
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 @torch.inference_mode()
-def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool | None = None) -> np.ndarray:
-    """Fused logits [N, C]; `bf16` None = on a CPU that has it (`cpu_bf16`)."""
+def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool = False) -> np.ndarray:
+    """Fused logits [N, C]; `bf16`: the forward pass on the CPU under bfloat16 autocast."""
     model.eval()
     device = next(model.parameters()).device
-    bf16 = device.type == "cpu" and cpu_bf16() if bf16 is None else bf16
     out = []
     for i in range(0, len(samples), batch_size):
         batch = collate(list(samples[i:i + batch_size]), model.dims).to(device)
@@ -57,7 +59,7 @@ def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128
     return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
 
 
-def predict_proba(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool | None = None,
+def predict_proba(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool = False,
                   temperature: float = 1.0) -> np.ndarray:
     """Class posteriors [N, C] of the fused output, the logits divided by the checkpoint's calibrated
     `temperature` first (fdrl.calibration: same labels, scores that mean what they say)."""

@@ -10,7 +10,7 @@ calibrated fusion (voice and text posteriors multiplied) against FDRL's fused ou
 
     .venv/bin/python scripts/loco.py ../shared/data --cv corpus --set train.balance_corpora=true --out runs/loco-balanced.npz
     .venv/bin/python scripts/loco.py ../shared/data --cv ravdess --out runs/ravdess-only.npz   # train on RAVDESS, test TESS + EMOVO
-    .venv/bin/python scripts/loco.py ../shared/data --checkpoint runs/r0.pt --test tess,emovo --out runs/r0.npz  # score a checkpoint
+    .venv/bin/python scripts/loco.py ../shared/data --checkpoint runs/r0.safetensors --test tess,emovo --out runs/r0.npz  # score a checkpoint
 """
 from __future__ import annotations
 
@@ -46,6 +46,9 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     cfg = config.load(overrides=args.set)
+    if args.fit:
+        from fdrl import checkpoint
+        checkpoint.check_name(args.fit)  # before the encoding, not after it
     labels = list(cfg.labels.names)
     skips = SkipLog(strict=False)
     loaders = {"ravdess": data.load_ravdess, "tess": data.load_tess, "emovo": data.load_emovo}
