@@ -37,6 +37,9 @@ What it measures, in this order:
    stage per frame: a frame with the face, the same scene without it, detection and the CNN apart,
    and detection at full size against the configured `face.detect_width`. --quick starts both
    processes at once and skips their fast replays; --no-live skips this section.
+10. A short soak (`scripts/soak.py`, 6 minutes of speech, 2.5 with --quick, `--soak-minutes`) in a
+   fresh process: RSS growth and slope after a 1-minute warm-up, with the torch build, CPU flags,
+   allocator and bf16 setting it ran under.
 
 Plain and optimized paths take turns wherever they can, so a neighbour's load skews both alike.
 Timings mean something only on an otherwise idle machine; the report keeps the load average at
@@ -124,6 +127,7 @@ HEAD_BATCHES = (1, 8, 32, 128)
 HEAD_AUDIO_FRAMES, HEAD_TEXT_TOKENS, HEAD_WORDS = 60, 12, 5   # ~2.4 s at 25 Hz, a 10-word sentence's tokens
 STAGES = ("encode", "asr", "model", "queue", "compute", "end_to_label")
 GPU_TARGET = "64 concurrent realtime streams with p95 compute latency <= 300 ms"
+SOAK_MINUTES, SOAK_MINUTES_QUICK = 6.0, 2.5   # section 10's speech (the first minute is warm-up)
 RSS_TARGET_MIB = round(1.5e9 / 2**20, 1)   # "peak RSS <= 1.5 GB for live audio + video", read as 10^9 bytes (the stricter)
 
 VIDEO_SIZE = (480, 640)     # height, width: a common webcam mode
@@ -326,6 +330,7 @@ class Report:
     memory: Memory
     live: Live | None
     bench_wall_s: float
+    soak: dict | None = None           # section 10: scripts/soak.py's report (SoakReport as a dict)
 
 
 # -- 1. test audio ---------------------------------------------------------------------------------
@@ -527,7 +532,7 @@ def gain_shared_encoder(whisper, clips: list[np.ndarray], repeats: int) -> Gain:
 # -- 4. FDRL head ----------------------------------------------------------------------------------
 
 
-def head_samples(dims: dict[str, int], n: int, seed: int = 0) -> list[Sample]:
+def head_samples(dims: dict[str, int], n: int, seed: int = 0, audio_frames: int = HEAD_AUDIO_FRAMES) -> list[Sample]:
     """`n` utterances of realistic size for the modalities the model reads (audio and text; no vision)."""
     rng = np.random.default_rng(seed)
     spans = np.array([(12 * w, 12 * w + 12, 1 + 2 * w, 3 + 2 * w) for w in range(HEAD_WORDS)], np.int32)
@@ -535,7 +540,7 @@ def head_samples(dims: dict[str, int], n: int, seed: int = 0) -> list[Sample]:
     def feats(modality: str, length: int) -> np.ndarray | None:
         return rng.standard_normal((length, dims[modality])).astype(np.float32) if modality in dims else None
 
-    return [Sample(-1, "", audio=feats("audio", HEAD_AUDIO_FRAMES), text=feats("text", HEAD_TEXT_TOKENS),
+    return [Sample(-1, "", audio=feats("audio", audio_frames), text=feats("text", HEAD_TEXT_TOKENS),
                    word_spans=spans) for _ in range(n)]
 
 
@@ -572,18 +577,25 @@ def gains_head(points: list[HeadPoint], batch: int = 32) -> list[Gain]:
     return out
 
 
-def gain_bf16(model: FDRL, runs: int, batch: int = 32, warmup: int = 3) -> Gain:
-    """The head at batch `batch` on the CPU in float32 against bf16 autocast (what `predict_proba` picks
-    on a CPU with native bf16), interleaved; the note gives how far the posteriors move."""
+def gain_bf16(model: FDRL, runs: int, batch: int = 8) -> Gain:
+    """The head on the CPU in float32 against bf16 autocast (`runtime.cpu_bf16`), interleaved, each run
+    on utterances of a length not seen before, as live: oneDNN builds bf16 kernels for every new
+    shape, and a session's utterance lengths never stop changing. The note says how far the
+    posteriors move, whether this CPU has native bf16, and whether the config uses it."""
     local = copy.deepcopy(model).to("cpu").eval()
-    samples = head_samples(model.dims, batch)
-    ms = _median_ms({"float32": lambda: predict_proba(local, samples, bf16=False),
-                     "bf16": lambda: predict_proba(local, samples, bf16=True)}, runs, warmup)
-    plain, fast = ms["float32"] / 1000, ms["bf16"] / 1000
-    drift = float(np.abs(predict_proba(local, samples, bf16=False) - predict_proba(local, samples, bf16=True)).max())
-    used = "used here" if cpu_bf16() else "NOT used here: this CPU has no native bf16"
+    seconds: dict[bool, list[float]] = {False: [], True: []}
+    drift = 0.0
+    for i in range(runs):
+        samples = head_samples(model.dims, batch, seed=i, audio_frames=HEAD_AUDIO_FRAMES + 7 * i)
+        probs = {}
+        for bf16 in (False, True):
+            seconds[bf16].append(_timed(lambda: probs.setdefault(bf16, predict_proba(local, samples, bf16=bf16)))[0])
+        drift = max(drift, float(np.abs(probs[False] - probs[True]).max()))
+    plain, fast = float(np.median(seconds[False])), float(np.median(seconds[True]))
+    native = "native bf16 on this CPU" if cpu_bf16() else "bf16 emulated on this CPU (no AVX512-BF16/AMX)"
     return Gain("bf16 autocast, FDRL head (cpu)", f"float32, batch {batch}", f"bf16, batch {batch}", round(plain, 5),
-                round(fast, 5), round(plain / fast, 3), f"max posterior change {drift:.4f}; {used}")
+                round(fast, 5), round(plain / fast, 3),
+                f"a new utterance length each run; max posterior change {drift:.4f}; {native}; runtime.cpu_bf16 decides")
 
 
 # -- 5-7. the pipeline -----------------------------------------------------------------------------
@@ -891,6 +903,15 @@ def to_markdown(r: Report) -> str:
     lines += ["", "| claimed gain | plain | optimized | plain / optimized | what |", "|---|---:|---:|---:|---|"]
     lines += [f"| {g.name} | {g.plain}: {_seconds(g.plain_s)} | {g.optimized}: {_seconds(g.optimized_s)} | "
               f"**{g.ratio:.2f}×** | {g.note} |" for g in r.gains]
+    if r.soak:
+        s, setup = r.soak, r.soak["setup"]
+        lines += ["", "| short soak (fresh process, fast replay) | value |", "|---|---:|",
+                  f"| speech / wall | {s['minutes']:g} min / {s['wall_s']:.0f} s |",
+                  f"| RSS after warm-up → end (growth) | {s['rss_warm_mb']:.0f} → {s['rss_end_mb']:.0f} MB "
+                  f"({s['growth_mb']:+.0f} MB) |",
+                  f"| slope after warm-up | {s['slope_mb_per_h']:+.0f} MB/h |",
+                  f"| setup | torch {setup['torch']}, {s['allocator']}, bf16 autocast {'on' if setup['cpu_bf16'] else 'off'} "
+                  f"(CPU: AVX512-BF16 {setup['avx512_bf16']}, AMX {setup['amx']}) |"]
     lines += ["", f"Reproduce: `{r.command}` (this run took {r.bench_wall_s:.0f} s)."]
     return "\n".join(lines)
 
@@ -950,6 +971,7 @@ class Options:
     cache_dir: Path = DEFAULT_CACHE
     overrides: list[str] = dataclasses.field(default_factory=list)
     live: bool = True                  # section 9: the two live-session processes
+    soak_minutes: float | None = None  # section 10: None = SOAK_MINUTES (SOAK_MINUTES_QUICK with --quick), 0 = skip
     child: ChildSpec | None = None     # set in the live-session process itself
 
 
@@ -991,8 +1013,29 @@ def run(opts: Options, command: str) -> Report:
         live = measure_live(session, checkpoint, opts.device, opts.overrides, opts.quick)
         if live.audio_video.face is not None:
             gains.append(gain_detect_width(live.audio_video.face, cfg.face.detect_width))
+    minutes = opts.soak_minutes if opts.soak_minutes is not None else SOAK_MINUTES_QUICK if opts.quick else SOAK_MINUTES
+    soak = None
+    if minutes > 0:
+        log(f"short soak: {minutes:g} min of speech, fast, in a fresh process")
+        soak = short_soak(minutes, opts.overrides, opts.cache_dir)
     return Report(command, env, audio, load, pipe.realtime, pipe.fast, pipe.fast_batch1, head, gains, pipe.streams,
-                  mem, live, round(time.perf_counter() - started, 1))
+                  mem, live, round(time.perf_counter() - started, 1), soak)
+
+
+def short_soak(minutes: float, overrides: Sequence[str], cache_dir: Path) -> dict:
+    """Section 10: `scripts/soak.py` for `minutes` (the first third, at most a minute, is warm-up) in a fresh process (this
+    one has held two recognizers): RSS growth and slope, and the setup they depend on (torch build,
+    CPU bf16 flags, allocator, `runtime.cpu_bf16`). Too short to prove a session flat (that is
+    `scripts/soak.py --minutes 30`), long enough to show a steady climb (README "Memory")."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "soak.json"
+        command = [sys.executable, str(PROJECT_ROOT / "scripts" / "soak.py"), "--minutes", f"{minutes:g}",
+                   "--warmup-minutes", f"{min(1.0, minutes / 3):g}", "--cache-dir", str(cache_dir), "--out", str(out),
+                   *[arg for o in overrides for arg in ("--set", o)]]
+        proc = subprocess.run(command, cwd=PROJECT_ROOT, capture_output=True, text=True)
+        if not out.is_file():
+            raise RuntimeError(f"the short soak failed (status {proc.returncode}): {proc.stderr.strip()[-1000:]}")
+        return json.loads(out.read_text())
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
@@ -1007,6 +1050,8 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     p.add_argument("--audio-seconds", type=float, help="length of the test audio (default 60, 12 with --quick)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the generated audio and video are kept")
     p.add_argument("--no-live", action="store_true", help="skip the live sessions in fresh processes (section 9)")
+    p.add_argument("--soak-minutes", type=float, metavar="M",
+                   help=f"speech for the short soak (default {SOAK_MINUTES:g}, {SOAK_MINUTES_QUICK:g} with --quick; 0 skips it)")
     p.add_argument("--child", help=argparse.SUPPRESS)  # JSON ChildSpec: this process is one live session
     p.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
                    help="override one config value (repeatable)")
@@ -1015,9 +1060,11 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         p.error("--streams must be >= 0")
     if a.audio_seconds is not None and a.audio_seconds <= 0:
         p.error("--audio-seconds must be positive")
+    if a.soak_minutes is not None and a.soak_minutes < 0:
+        p.error("--soak-minutes must be >= 0")
     child = ChildSpec(**json.loads(a.child)) if a.child else None
     return Options(a.quick, a.out, a.checkpoint, a.device, a.streams, a.streams_pace, a.audio_seconds, a.cache_dir,
-                   a.overrides, not a.no_live, child)
+                   a.overrides, not a.no_live, a.soak_minutes, child)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

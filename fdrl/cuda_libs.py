@@ -2,8 +2,9 @@
 
 CTranslate2 (faster-whisper's engine) opens `libcublas.so.12` by name the first time it runs on a
 GPU. The default torch wheel brings CUDA 13 libraries only, so on a machine whose CUDA comes from
-pip alone Whisper could not run on the GPU. `nvidia-cublas-cu12` (a dependency on Linux x86_64)
-puts the libraries inside site-packages, where the dynamic loader does not look; loading them once
+pip alone Whisper could not run on the GPU. `nvidia-cublas-cu12` (the `cuda` extra; an extra
+because torch's CUDA wheel loads it at import even where there is no GPU) puts the libraries inside
+site-packages, where the dynamic loader does not look; loading them once
 by full path with RTLD_GLOBAL puts them in the process, and CTranslate2's later load by name then
 finds them there. The user sets no `LD_LIBRARY_PATH`.
 
@@ -13,9 +14,11 @@ from __future__ import annotations
 
 import ctypes
 import sys
+import warnings
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+from typing import Callable
 
 # Each wheel with the libraries to load from it, dependencies first: libcublas needs libcublasLt.
 WHEELS: dict[str, tuple[str, ...]] = {"nvidia-cublas-cu12": ("libcublasLt.so.12", "libcublas.so.12")}
@@ -52,3 +55,28 @@ def preload() -> tuple[Path, ...]:
             continue
         loaded.append(path)
     return tuple(loaded)
+
+
+def cublas_loadable() -> bool:
+    """Whether CTranslate2's load of `libcublas.so.12` by name will succeed (after `preload`)."""
+    preload()
+    try:
+        ctypes.CDLL("libcublas.so.12")
+    except OSError:
+        return False
+    return True
+
+
+def whisper_device(device: str, warn: Callable[[str], None] | None = None) -> str:
+    """The device Whisper can run on: `device`, or the CPU when it is a GPU but CUDA 12's cuBLAS is
+    missing (Whisper would fail at its first utterance). `warn` (default: a RuntimeWarning) is
+    told why and how to fix it; everything else stays on the GPU."""
+    if device == "cpu" or cublas_loadable():
+        return device
+    message = ("Whisper runs on the CPU (slower): CTranslate2 needs CUDA 12's cuBLAS on a GPU; "
+               "install it with pip install 'fdrl-stream[cuda]'")
+    if warn is not None:
+        warn(message)
+    else:
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
+    return "cpu"

@@ -126,6 +126,39 @@ class RunningSpeaker:
         self.heard = self.heard_with(frames)
 
 
+class BatchSpeakers:
+    """The speakers of one inference batch as each of its utterances finds them, in stream order.
+
+    Why: an utterance counts everything its speaker said before it. When two utterances of one
+    stream share a batch, the second must count the first, as it would have had the first been
+    labelled alone; otherwise a label depends on how the worker happened to batch (on the machine's
+    load, in a fast replay). `add` is kept here until `commit`, so a batch run again (after a GPU
+    fault) counts nothing twice.
+    """
+
+    def __init__(self) -> None:
+        self._heard: dict[int, tuple[RunningSpeaker, Moments]] = {}
+
+    def heard_with(self, speaker: RunningSpeaker | None, frames: np.ndarray) -> Moments:
+        """What was heard of `speaker` so far, this batch's earlier `add`s included, and `frames`;
+        `frames` alone for an utterance with no stream speaker."""
+        if speaker is None:
+            return Moments.of(frames)
+        heard = self._heard.get(id(speaker), (speaker, speaker.heard))[1]
+        current = Moments.of(frames)
+        return current if heard is None else heard + current
+
+    def add(self, speaker: RunningSpeaker | None, frames: np.ndarray) -> None:
+        if speaker is not None:
+            self._heard[id(speaker)] = (speaker, self.heard_with(speaker, frames))
+
+    def commit(self) -> None:
+        """Hand what the batch heard to the streams' speakers."""
+        for speaker, heard in self._heard.values():
+            speaker.heard = heard
+        self._heard.clear()
+
+
 class SubsetNorm:
     """Training-time speaker normalization that looks like deployment: each draw standardizes a clip
     by the statistics of a random subset of its speaker's clips (the clip itself always among them),

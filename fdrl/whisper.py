@@ -16,6 +16,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Callable
 
 import ctranslate2
 import numpy as np
@@ -122,10 +123,12 @@ class Whisper:
         )
 
     @classmethod
-    def from_config(cls, cfg: Config, device: str) -> Whisper:
+    def from_config(cls, cfg: Config, device: str, warn: Callable[[str], None] | None = None) -> Whisper:
         """The Whisper that config.toml's [encoders] and [asr] describe; a relative model folder is
-        taken from the project root, like every path in the config."""
+        taken from the project root, like every path in the config. On a GPU without CTranslate2's
+        cuBLAS it runs on the CPU, and `warn` is told (`cuda_libs.whisper_device`)."""
         enc, asr = cfg.encoders, cfg.asr
+        device = cuda_libs.whisper_device(device, warn)
         return cls(
             model=enc.whisper_model if enc.whisper_model == "bundled" else str(cfg.resolve(enc.whisper_model)),
             device=device,

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
+import torch
 
 from fdrl import config
 from fdrl.audio import SAMPLE_RATE, decode_audio, to_int16
@@ -122,6 +123,36 @@ class SoakReport:
     passed: bool
     loadavg: list[float]         # 1, 5, 15 min load at the start: wall time means little on a busy machine
     allocator: str               # glibc, or jemalloc / tcmalloc when preloaded: RSS growth depends on it
+    setup: Setup                 # what else the growth depends on: the torch build, the CPU, bf16
+
+
+@dataclass
+class Setup:
+    """The configuration a soak ran under, so a figure can be compared with another machine's."""
+
+    torch: str                   # version and build, e.g. 2.14.1+cu130 (the default PyPI wheel) or 2.13.0+cpu
+    cpu: str                     # model name (lscpu's)
+    avx512_bf16: bool            # native bf16 arithmetic ...
+    amx: bool                    # ... and AMX tiles: where bf16 autocast would run natively
+    cpu_bf16: bool               # runtime.cpu_bf16: whether the FDRL head ran under bf16 autocast
+    cuda: bool                   # a GPU was used
+
+    @classmethod
+    def of(cls, cfg: Config) -> Setup:
+        model, flags = cpu_info()
+        return cls(torch.__version__, model, "avx512_bf16" in flags, "amx_tile" in flags, cfg.runtime.cpu_bf16,
+                   cfg.runtime.device != "cpu" and torch.cuda.is_available())
+
+
+def cpu_info() -> tuple[str, set[str]]:
+    """The CPU's model name and feature flags from /proc/cpuinfo ("unknown" and none where it is missing)."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return "unknown", set()
+    fields = dict(line.split(":", 1) for line in lines if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in fields.items()}
+    return fields.get("model name", "unknown"), set(fields.get("flags", "").split())
 
 
 def synthesize(text: str, voice: str, speed: int) -> np.ndarray:
@@ -298,7 +329,7 @@ async def replay(cfg: Config, audio: SoakAudio, checkpoint: Path | None, warmup_
         heap_warm_mb=median_between(samples, *warm, "heap"), heap_end_mb=median_between(samples, *end, "heap"),
         slope_mb_per_h=round(slope_per_hour([(x.t, x.rss) for x in samples if x.t >= warmup_s]), 1),
         series=series, growth_limit_mb=GROWTH_LIMIT_MB, passed=accounting_ok and growth < GROWTH_LIMIT_MB,
-        loadavg=loadavg, allocator=allocator())
+        loadavg=loadavg, allocator=allocator(), setup=Setup.of(cfg))
 
 
 def soak(minutes: float = 30.0, cfg: Config | None = None, checkpoint: Path | None = None,

@@ -30,7 +30,7 @@ from fdrl import asr_gate
 from fdrl.config import Config
 from fdrl.inputs import Recipe, Sample, encoder_ids
 from fdrl.predict import late_fusion, predict_proba, resolve_device
-from fdrl.speaker import Moments, RunningSpeaker
+from fdrl.speaker import BatchSpeakers, Moments, RunningSpeaker
 from fdrl.text import TextEncoder
 from fdrl.whisper import Transcript, Whisper
 
@@ -77,7 +77,7 @@ class Engine:
         self._load_encoders()
 
     def _load_encoders(self) -> None:
-        self.whisper = Whisper.from_config(self.cfg, self.device)
+        self.whisper = Whisper.from_config(self.cfg, self.device, warn=self.fallbacks.append)
         self.text = TextEncoder.from_config(self.cfg, self.device) if "text" in self.ckpt.dims else None
 
     def to_cpu(self, reason: str) -> None:
@@ -94,7 +94,7 @@ class Engine:
         noise = (0.01 * np.random.default_rng(0).standard_normal(16000)).astype(np.float32)
         req = Request(noise)
         [audio] = self.audio_frames([req], self.encode([req]))
-        self.classify([Sample(-1, "", audio=self.standardize(audio, None))])
+        self.classify([Sample(-1, "", audio=self.standardize(audio, Moments.of(audio)))])
         if self.text is not None:
             self.text.encode([["warm", "up"]])
 
@@ -107,15 +107,14 @@ class Engine:
 
     @torch.inference_mode()
     def classify(self, samples: list[Sample]) -> np.ndarray:
-        probs = predict_proba(self.ckpt.model, samples, temperature=self.ckpt.temperature)
+        bf16 = self.device == "cpu" and self.cfg.runtime.cpu_bf16
+        probs = predict_proba(self.ckpt.model, samples, bf16=bf16, temperature=self.ckpt.temperature)
         return late_fusion(probs, samples, self.labels, self.cfg.late_fusion.face_weight)
 
-    def standardize(self, frames: np.ndarray, speaker: RunningSpeaker | None) -> np.ndarray:
-        """Frames as the checkpoint expects them: standardized by what was heard of their speaker."""
+    def standardize(self, frames: np.ndarray, heard: Moments) -> np.ndarray:
+        """Frames as the checkpoint expects them: standardized by what was `heard` of their speaker."""
         norm = self.ckpt.speaker_norm
-        if norm is None:
-            return frames
-        return norm.standardize(frames, Moments.of(frames) if speaker is None else speaker.heard_with(frames))
+        return frames if norm is None else norm.standardize(frames, heard)
 
     def transcribe(self, audio: np.ndarray, window: np.ndarray) -> Transcript:
         return self.whisper.transcribe(audio, encoder_output=window)
@@ -143,7 +142,9 @@ class Engine:
         audio = self.audio_frames(batch, encoded)
         t_enc = time.perf_counter() - t0
         with_vision = "vision" in self.ckpt.dims
-        samples = [Sample(-1, "", audio=self.standardize(a, r.speaker), vision=r.vision if with_vision else None, face_posterior=r.face_posterior)
+        speakers = BatchSpeakers()
+        samples = [Sample(-1, "", audio=self.standardize(a, speakers.heard_with(r.speaker, a)),
+                          vision=r.vision if with_vision else None, face_posterior=r.face_posterior)
                    for a, r in zip(audio, batch)]
         t1 = time.perf_counter()
         probs = self.classify(samples)
@@ -173,6 +174,14 @@ class Engine:
                 samples[i].text = self.recipe.text(st)
                 samples[i].word_spans = self.recipe.word_spans([(w.start, w.end) for w in transcripts[i].words],
                                                                word_ids, len(audio[i]))
+        # No words: a laugh or a sob keeps its voice label; noise (too little voice) is withdrawn.
+        voice = [tr is not None and (dropped[i] != asr_gate.NO_WORDS or asr_gate.is_voice(r.audio, self.gate))
+                 for i, (r, tr) in enumerate(zip(batch, transcripts))]
+        # The final label counts the voiced batch-mates before it of the same stream (BatchSpeakers).
+        for i, r in enumerate(batch):
+            samples[i].audio = self.standardize(audio[i], speakers.heard_with(r.speaker, audio[i]))
+            if voice[i]:  # only a voice shapes the speaker's statistics
+                speakers.add(r.speaker, audio[i])
         probs = self.classify(samples)
         t_model += time.perf_counter() - t3
         for i, (r, s, p, tr) in enumerate(zip(batch, samples, probs, transcripts)):
@@ -180,14 +189,11 @@ class Engine:
                 continue
             label, scores = self.scores(p)
             timings = {"encode": t_enc, "asr": t_asr, "model": t_model, "batch": float(len(batch))}
-            # No words: a laugh or a sob keeps its voice label; noise (too little voice) is withdrawn.
-            voice = dropped[i] != asr_gate.NO_WORDS or asr_gate.is_voice(r.audio, self.gate)
-            publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=voice, timings=timings,
+            publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=voice[i], timings=timings,
                                     text_dropped=dropped[i]))
-            if r.speaker is not None and voice:  # only a voice shapes the speaker's statistics
-                r.speaker.add(audio[i])
             if r.history is not None and dropped[i] is None:  # what later turns read as context: words that counted
                 r.history.append(tr.text)
+        speakers.commit()
 
     def contexts(self, requests: list[Request], texts: list[str]) -> list[tuple[str, ...]]:
         """Each request's context (`Recipe.context`, as offline) from its stream's transcripts so far,

@@ -73,7 +73,7 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
     """A real checkpoint file with untrained weights: the benchmark times the model, not its accuracy."""
     cfg = config.load()
     dims = {m: DEFAULT_DIMS[m] for m in ("audio", "text")}
-    path = tmp_path_factory.mktemp("bench") / "untrained.pt"
+    path = tmp_path_factory.mktemp("bench") / "untrained.safetensors"
     prior = Moments(1.0, np.zeros(dims["audio"]), np.ones(dims["audio"]))  # an untrained model: unit statistics
     save(path, FDRL(cfg.model, dims, len(cfg.labels.names)), cfg.labels.names, dims,
          FeatureExtractor(cfg, cache=False).encoder_ids, cfg.model, speaker_norm=SpeakerNorm(prior, 500))
@@ -84,7 +84,7 @@ def untrained_checkpoint(tmp_path_factory) -> Path:
 def quick_run(untrained_checkpoint, tmp_path_factory) -> tuple[dict, str]:
     cache = tmp_path_factory.mktemp("bench-cache")
     args = ["--quick", "--audio-seconds", "5", "--device", "cpu", "--checkpoint", str(untrained_checkpoint),
-            "--cache-dir", str(cache), "--streams", "2", "--streams-pace", "fast"]
+            "--cache-dir", str(cache), "--streams", "2", "--streams-pace", "fast", "--soak-minutes", "0.5"]
     proc = subprocess.run([sys.executable, "-m", "bench.run", *args], cwd=PROJECT_ROOT, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -172,6 +172,16 @@ def test_quick_run_measures_live_audio_and_video_in_fresh_processes(quick_run):
     assert face["torch_threads"] >= 1 and face["opencv_threads"] >= 1
 
 
+def test_quick_run_ends_with_a_short_soak_that_says_what_it_ran_under(quick_run):
+    report, markdown = quick_run
+    soak, setup = report["soak"], report["soak"]["setup"]
+    assert soak["minutes"] >= 0.5 and soak["accounting_ok"] and soak["utterances"] > 0
+    assert isinstance(soak["slope_mb_per_h"], float) and soak["allocator"] in ("glibc", "jemalloc", "tcmalloc")
+    assert Version(setup["torch"]).public == Version(torch.__version__).public
+    assert setup["cpu_bf16"] is False and {"avx512_bf16", "amx", "cpu"} <= set(setup)  # bf16 off by default
+    assert "| slope after warm-up |" in markdown
+
+
 def test_quick_run_prints_markdown_tables_after_the_json(quick_run):
     _, markdown = quick_run
     lines = markdown.strip().splitlines()
@@ -188,7 +198,7 @@ def test_quick_run_prints_markdown_tables_after_the_json(quick_run):
         elif tables[-1]:
             tables.append([])
     tables = [t for t in tables if t]
-    assert len(tables) == 5
+    assert len(tables) == 6
     for table in tables:
         assert set(table[1]) <= set("|-: ")
         assert len(table) > 2 and len({row.count("|") for row in table}) == 1, table

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from fdrl.inputs import Sample
-from fdrl.speaker import Moments, RunningSpeaker, SpeakerNorm, standardize
+from fdrl.speaker import BatchSpeakers, Moments, RunningSpeaker, SpeakerNorm, standardize
 
 rng = np.random.default_rng(0)
 
@@ -71,6 +71,50 @@ def test_running_speaker_matches_offline_once_everything_is_heard():
         running.add(u)
     offline = norm.apply(samples)
     np.testing.assert_allclose(norm.standardize(utterances[1], running.heard), offline[1].audio, atol=1e-5)
+
+
+def test_batch_speakers_count_earlier_batch_mates_and_commit_once():
+    a, b, c = frames(10, 1.0), frames(20, -1.0, 2.0), frames(5, 3.0)
+    speaker, other = RunningSpeaker(), RunningSpeaker()
+    speaker.add(a)
+    batch = BatchSpeakers()
+    heard = batch.heard_with(speaker, b)
+    np.testing.assert_allclose(heard.mean, Moments.of(np.concatenate([a, b])).mean)
+    batch.add(speaker, b)
+    # The next utterance of the same stream counts b; another stream's does not.
+    np.testing.assert_allclose(batch.heard_with(speaker, c).mean, Moments.of(np.concatenate([a, b, c])).mean)
+    np.testing.assert_allclose(batch.heard_with(other, c).mean, Moments.of(c).mean)
+    np.testing.assert_allclose(batch.heard_with(None, c).var, Moments.of(c).var)
+    assert speaker.heard.n == 10                          # nothing handed over before commit (a retried batch)
+    batch.commit()
+    assert speaker.heard.n == 30 and other.heard is None
+
+
+def test_a_final_label_does_not_depend_on_how_the_worker_batched(mini_corpus, tiny_checkpoint, monkeypatch):
+    """Two utterances of one stream in one batch, or one batch each: the model sees the same input."""
+    from fdrl import config
+    from fdrl.audio import decode_audio
+    from stream.inference import Engine, Request
+
+    engine = Engine(config.load(), tiny_checkpoint, device="cpu")
+    assert engine.ckpt.speaker_norm is not None
+    seen: list[np.ndarray] = []
+    classify = engine.classify
+    monkeypatch.setattr(engine, "classify", lambda samples: (seen.extend(s.audio for s in samples), classify(samples))[1])
+    clips = [decode_audio(mini_corpus / f"en-us-{k}.wav") for k in (0, 1)]
+
+    def run(batches: list[list[np.ndarray]]) -> list[np.ndarray]:
+        speaker, inputs = RunningSpeaker(), []
+        for batch in batches:
+            requests = [Request(audio, speaker=speaker) for audio in batch]
+            seen.clear()
+            engine.run_batch(requests, lambda future, result: None)
+            inputs += seen[len(batch):]  # the final pass's inputs (after the provisional pass's)
+        return inputs
+
+    together, apart = run([clips]), run([[clips[0]], [clips[1]]])
+    for x, y in zip(together, apart, strict=True):
+        np.testing.assert_allclose(x, y, atol=1e-5)
 
 
 def test_round_trip_through_a_dict():
