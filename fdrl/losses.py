@@ -17,10 +17,13 @@ import torch
 import torch.nn.functional as F
 
 
-def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
+def class_weights(y: np.ndarray, n_classes: int, sample_weight: np.ndarray | None = None) -> torch.Tensor:
     """'Balanced' weights (n / (C * count)), so rare classes count as much as frequent ones (UAR).
-    Unknown labels (-1) are not counted; an absent class weighs 0."""
-    counts = np.bincount(y[y >= 0], minlength=n_classes).astype(np.float64)
+    Unknown labels (-1) are not counted; an absent class weighs 0. `sample_weight`: each sample
+    counts this much (how likely it is to be drawn), so the weights balance what training sees."""
+    known = y >= 0
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)[known]
+    counts = np.bincount(y[known], weights=w, minlength=n_classes).astype(np.float64)
     w = np.where(counts > 0, counts.sum() / (n_classes * np.maximum(counts, 1)), 0.0)
     return torch.tensor(w, dtype=torch.float32)
 

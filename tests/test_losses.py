@@ -56,6 +56,12 @@ def test_balanced_class_weights_by_hand():
     assert torch.allclose(w, torch.tensor([4 / 9, 4 / 3, 0.0]))
 
 
+def test_class_weights_count_each_sample_as_much_as_it_is_drawn():
+    # weighted counts [0.5 + 0.5 + 0.5, 1, 0] = [1.5, 1, 0], total 2.5: 2.5 / (3 * 1.5), 2.5 / (3 * 1), 0
+    w = L.class_weights(np.array([0, 0, 0, 1, -1]), 3, sample_weight=np.array([0.5, 0.5, 0.5, 1.0, 9.0]))
+    assert torch.allclose(w, torch.tensor([2.5 / 4.5, 2.5 / 3, 0.0]))
+
+
 def test_task_loss_class_weights():
     logits, y = t([0.0, 0.0], [2.0, 0.0]), torch.tensor([0, 1])
     w = t(1.0, 3.0)

@@ -18,18 +18,18 @@ def cfg(tmp_path_factory):
 
 def test_cv_runs_every_seed_and_reports_mean_and_spread(cfg, mini_corpus, tmp_path):
     report = tmp_path / "report.json"
-    result = train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.pt",
+    result = train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.safetensors",
                            cv="speaker", seeds=2, report=report)
     cv = result["cross_validation"]
     assert cv["folds"] == 2 and cv["seeds"] == [0, 1] and list(cv["table"]) == ["FDRL"]
     mean, std = cv["table"]["FDRL"]["uar"]
     assert 0.0 <= mean <= 1.0 and std >= 0.0
     assert json.loads(report.read_text())["cross_validation"] == json.loads(json.dumps(cv))
-    assert (tmp_path / "m.pt").is_file()
+    assert (tmp_path / "m.safetensors").is_file()
     # Calibration: the temperature fitted on the held-out folds is reported and shipped in the checkpoint;
     # ECE before and after, and UAR with each clip normalized by itself, are in the table.
     from fdrl import checkpoint
-    assert 0.05 <= cv["temperature"] <= 20 and checkpoint.load(tmp_path / "m.pt").temperature == pytest.approx(cv["temperature"])
+    assert 0.05 <= cv["temperature"] <= 20 and checkpoint.load(tmp_path / "m.safetensors").temperature == pytest.approx(cv["temperature"])
     assert {"ece", "ece_calibrated", "uar_no_speaker"} <= set(cv["table"]["FDRL"])
 
 
@@ -41,12 +41,12 @@ def test_leave_one_corpus_out_holds_out_each_corpus(cfg, mini_corpus, tmp_path):
             line["audio"], line["corpus"] = str(mini_corpus / line["audio"]), line["speaker"]
     manifest = tmp_path / "two-corpora.jsonl"
     manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
-    result = train_command(cfg, Corpora(manifests=[manifest]), tmp_path / "m.pt", cv="corpus")
+    result = train_command(cfg, Corpora(manifests=[manifest]), tmp_path / "m.safetensors", cv="corpus")
     assert result["cross_validation"]["kind"] == "corpus" and result["cross_validation"]["folds"] == 2
 
 
 def test_ablation_tables_every_variant(cfg, mini_corpus, tmp_path):
-    result = train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.pt",
+    result = train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.safetensors",
                            ablation=True, seeds=1)
     assert list(result["cross_validation"]["table"]) == list(VARIANTS)
 
@@ -58,17 +58,17 @@ def test_ablation_tables_every_variant(cfg, mini_corpus, tmp_path):
 ])
 def test_bad_seed_counts_are_refused_before_any_work(cfg, mini_corpus, tmp_path, kwargs, message):
     with pytest.raises(UserError, match=message):
-        train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.pt", **kwargs)
-    assert not (tmp_path / "m.pt").exists()
+        train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.safetensors", **kwargs)
+    assert not (tmp_path / "m.safetensors").exists()
 
 
 def test_nothing_to_train_on_and_unknown_labels(cfg, tmp_path):
     with pytest.raises(UserError, match="nothing to train on: pass --ravdess"):
-        train_command(cfg, Corpora(), tmp_path / "m.pt")
+        train_command(cfg, Corpora(), tmp_path / "m.safetensors")
     manifest = tmp_path / "odd.jsonl"
     manifest.write_text('{"text": "hm", "label": "boredom"}\n')
     with pytest.raises(UserError, match="boredom"):
-        train_command(cfg, Corpora(manifests=[manifest]), tmp_path / "m.pt")
+        train_command(cfg, Corpora(manifests=[manifest]), tmp_path / "m.safetensors")
 
 
 def test_balanced_epochs_give_every_corpus_the_same_share():
@@ -90,3 +90,22 @@ def test_balanced_epochs_give_every_corpus_the_same_share():
     assert sum(samples[i].audio is None for i in drawn) == 7
     plain = epoch_draw(samples, np.random.default_rng(0), text_only_per_epoch=7)
     assert sorted(i for i in plain if samples[i].audio is not None) == list(range(40))
+
+
+def test_dailydialog_neutral_turns_are_drawn_as_often_as_configured():
+    """Neutral DailyDialog turns weigh `dialogue_neutral`, every other text row 1: with 1000 of each of
+    three kinds and weight 0.25, a draw of 300 takes about 33 of those turns (0.25 / 2.25 of the mass)."""
+    import numpy as np
+
+    from fdrl.inputs import Sample
+    from fdrl.train import draw_weights, epoch_draw
+    text = np.zeros((2, 4), np.float32)
+    samples = ([Sample(0, f"d{i}", text=text, corpus="dailydialog") for i in range(1000)]      # neutral turns
+               + [Sample(1, f"e{i}", text=text, corpus="dailydialog") for i in range(1000)]    # emotional turns
+               + [Sample(0, f"g{i}", text=text, corpus="goemotions") for i in range(1000)])    # neutral, not dialogue
+    weights = draw_weights(samples, neutral=0, dialogue_neutral=0.25)
+    assert list(np.unique(weights[:1000])) == [0.25] and np.all(weights[1000:] == 1.0)
+    rate = np.mean([np.sum(epoch_draw(samples, np.random.default_rng(k), 300, weights=weights) < 1000)
+                    for k in range(20)])
+    assert abs(rate - 300 * 0.25 / 2.25) < 5          # 100 if they were not thinned
+    assert np.all(draw_weights(samples, neutral=None, dialogue_neutral=0.25) == 1.0)
