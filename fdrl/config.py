@@ -2,10 +2,17 @@
 
 One loader for the whole project. Unknown keys and wrong types are errors that name the key,
 so a typo in `config.toml` or in a `--set` flag never silently falls back to a default.
+
+The defaults (config.toml and the weights under models/) are the data package `fdrl.defaults`:
+the checkout's root in a checkout, a folder inside the package once installed from a wheel
+(pyproject.toml maps one onto the other), so both read the same files the same way. A user's
+own settings come on top, from the platform's config folder and then `--config FILE`.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import importlib.util
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -14,10 +21,38 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+import platformdirs
+
 from fdrl.errors import UserError
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_CONFIG = PROJECT_ROOT / "config.toml"
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # the checkout (tests, benchmarks, scripts): not in a wheel
+DEFAULTS_PACKAGE = "fdrl.defaults"
+
+
+def default_file(name: str) -> Path:
+    """A file of the defaults, e.g. "config.toml" or "models/fdrl-default.safetensors".
+
+    Installed from a wheel, they are the data package `fdrl.defaults`; in a checkout (an editable
+    install included: setuptools cannot map a package onto the checkout's root there) there is no
+    such package and they are read in place. A path, not a resource stream: the weights go to
+    libraries (CTranslate2, safetensors) that open files by name.
+    """
+    if importlib.util.find_spec(DEFAULTS_PACKAGE) is None:
+        return PROJECT_ROOT / name
+    resource = importlib.resources.files(DEFAULTS_PACKAGE).joinpath(name)
+    if not isinstance(resource, Path):
+        raise UserError(f"the packaged defaults are not plain files ({resource}): install fdrl-stream unzipped (pip install)")
+    return resource
+
+
+def user_config_file() -> Path:
+    """The per-user settings, read after the defaults when the file exists: ~/.config/fdrl-stream/config.toml
+    on Linux (or under $XDG_CONFIG_HOME), the platform's own config folder elsewhere."""
+    return platformdirs.user_config_path("fdrl-stream") / "config.toml"
+
+
+DEFAULT_CONFIG = default_file("config.toml")
+DEFAULTS_ROOT = DEFAULT_CONFIG.parent  # relative paths in the config are taken from here
 
 
 def span(lo: float, hi: float) -> Any:
@@ -138,6 +173,7 @@ class Train(Section):
     text_dropout: float = span(0.0, 1.0)
     balance_corpora: bool                        # each speech corpus contributes equally per epoch
     speaker_subsets: bool                        # normalize each clip by a random subset of its speaker's clips
+    dialogue_neutral: float = span(0.0, 1.0)     # how likely a DailyDialog neutral turn is drawn, relative to other text
 
 
 @dataclass
@@ -166,6 +202,7 @@ class Runtime(Section):
     device: str = one_of("auto", "cpu", "cuda")
     max_batch: int = span(1, 1024)
     max_wait_ms: int = span(0, 10_000)
+    cpu_bf16: bool                     # the FDRL head under bf16 autocast on the CPU (fdrl.predict.cpu_bf16)
 
 
 @dataclass
@@ -199,6 +236,22 @@ class Ui(Section):
 
 
 @dataclass
+class Serve(Section):
+    """`fdrl serve`: the WebSocket server's address and the limits every connection is held to (stream/server/)."""
+
+    host: str                                    # anything but loopback needs a token (--token or FDRL_TOKEN)
+    port: int = span(0, 65535)                   # 0 = any free port (printed when listening)
+    origins: list[str]                           # browser origins allowed besides the server's own page
+    max_message_bytes: int = span(1024, 64 * 2 ** 20)
+    max_connections: int = span(1, 100_000)
+    max_audio_s: float = span(1.0, 1e7)          # audio one connection may send
+    idle_timeout_s: float = span(0.1, 86_400.0)  # longest wait for the client's next message
+    send_queue: int = span(1, 100_000)           # events waiting for a client before it counts as a slow reader
+    send_timeout_s: float = span(0.1, 3600.0)    # longest a single send may wait for the client to read
+    audio_queue: int = span(1, 10_000)           # audio messages received but not yet taken by the pipeline
+
+
+@dataclass
 class Config:
     labels: Labels
     paths: Paths
@@ -213,11 +266,13 @@ class Config:
     runtime: Runtime
     vad: Vad
     ui: Ui
+    serve: Serve
 
     def resolve(self, path: str) -> Path:
-        """A path from the config: `~` expanded, relative paths taken from the project root."""
+        """A path from the config: `~` expanded, relative paths taken from the defaults' folder (the
+        checkout's root in a checkout), where "models/..." names the shipped weights."""
         p = Path(path).expanduser()
-        return p if p.is_absolute() else PROJECT_ROOT / p
+        return p if p.is_absolute() else DEFAULTS_ROOT / p
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -317,12 +372,16 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """The project's `config.toml`, then the user's file `path` (any subset of keys), then `--set` overrides.
+    """The packaged `config.toml`, then the per-user file (`user_config_file`, when there is one), then
+    the file `path` (`--config`), then `--set` overrides; the files may hold any subset of keys.
 
     The overrides are applied together, so keys checked against each other (`Section.rules`)
     may be changed in any order.
     """
     cfg = _build(_read_toml(DEFAULT_CONFIG), DEFAULT_CONFIG)
+    user = user_config_file()
+    if user.is_file():
+        cfg = merge(cfg, _read_toml(user))
     if path is not None and Path(path).resolve() != DEFAULT_CONFIG:
         cfg = merge(cfg, _read_toml(Path(path)))
     changes: dict[str, Any] = {}

@@ -35,7 +35,7 @@ def evaluate(manifest: Path, cfg: Config, checkpoint: Path | None = None, plot: 
     checkpoint = checkpoint or cfg.resolve(cfg.paths.checkpoint)
     ckpt = ckpt_mod.load(checkpoint, extractor.encoder_ids)
     items = load_manifest(manifest, ckpt.labels, skips, cfg.encoders.text_max_chars)
-    check_outputs({"--plot": plot}, [manifest, checkpoint, *config_inputs(cfg), *(f for it in items for f in it.files)])
+    check_outputs({"--plot": plot}, [manifest, *ckpt_mod.files(checkpoint), *config_inputs(cfg), *(f for it in items for f in it.files)])
     with progress("encoding", len(items)) as advance:
         items, samples = extract_each(extractor, items, ckpt.labels, skips, progress=advance)
     if not samples:

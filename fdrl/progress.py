@@ -25,12 +25,21 @@ _installed: list[logging.Handler] = []  # the handlers the last setup_logging ca
 def progress(description: str, total: int) -> Iterator[Callable[[int], None]]:
     """Yield an `advance(n)` callback driving one progress bar; log the stage's size and time when it
     ends, the record that a log file or a non-terminal stderr keeps instead of the bar."""
+    with progress_bars({description: total}) as advance:
+        yield advance[description]
+
+
+@contextmanager
+def progress_bars(totals: dict[str, float]) -> Iterator[dict[str, Callable[[float], None]]]:
+    """One bar per entry of `totals` (e.g. files and audio seconds), drawn together; yields each one's
+    `advance(n)` by its description, and logs every total and the time taken when they end."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn())
     start = time.perf_counter()
     with Progress(*columns, console=stderr, transient=False, disable=not stderr.is_terminal) as bar:
-        task = bar.add_task(description, total=total)
-        yield lambda n=1: bar.advance(task, n)
-    log.info("%s: %d in %.1f s", description, total, time.perf_counter() - start)
+        tasks = {description: bar.add_task(description, total=total) for description, total in totals.items()}
+        yield {description: (lambda n=1, task=task: bar.advance(task, n)) for description, task in tasks.items()}
+    for description, total in totals.items():
+        log.info("%s: %s in %.1f s", description, round(total, 1), time.perf_counter() - start)
 
 
 def setup_logging(verbose: bool = False, log_file: Path | None = None) -> None:

@@ -189,6 +189,54 @@ def cmd_live(args: argparse.Namespace) -> int:
     return _run_session_command(args, cfg, source, live=True)
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until SIGINT/SIGTERM; then every connection gets its final stats and the process exits 0 within 2 s."""
+    import asyncio
+
+    from stream.server import ServeOptions, serve
+    from stream.session import stop_on_signals
+    flags = {"host": args.host, "port": args.port}
+    cfg = _config(args, [f"serve.{k}={json.dumps(v)}" for k, v in flags.items() if v is not None])
+    if args.origin:  # added to the configured ones, not instead of them
+        from fdrl import config
+        cfg = config.merge(cfg, {"serve": {"origins": [*cfg.serve.origins, *args.origin]}})
+    options = ServeOptions(token=args.token or os.environ.get("FDRL_TOKEN") or None, certfile=args.certfile,
+                           keyfile=args.keyfile, checkpoint=args.checkpoint)
+    options.check(cfg.serve.host)  # before the models load: a refused start is immediate
+    watchdog = _Watchdog(EXIT_DEADLINE_S)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        with stop_on_signals(stop, on_signal=watchdog.arm):
+            await serve(cfg, options, stop, on_ready=lambda line: print(f"fdrl serve: {line}", file=sys.stderr, flush=True))
+
+    try:
+        asyncio.run(run())
+    finally:
+        watchdog.disarm()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # as after a stopped session: libtorch's teardown would outlast the 2 s
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from stream.batch import PredictOptions, predict_command
+    from stream.distributed import RayOptions
+    cfg = _config(args)
+    options = PredictOptions(args.checkpoint, face=not args.no_video)
+    ray = None
+    if args.ray is not None:
+        ray = RayOptions(None if args.ray == "local" else args.ray, args.ray_workers, args.ray_cpus, args.ray_gpus)
+    skips = _skip_log(args)
+    results = predict_command(cfg, args.paths, args.out, options, ray, skips)
+    utterances = sum(len(r.utterances) for r in results)
+    print(f"{len(results)} files, {utterances} utterances -> {args.out}", file=sys.stderr)
+    if len(skips):
+        print(f"fdrl: {len(skips)} of {len(results)} files could not be read (see the warnings above)", file=sys.stderr)
+        return EXIT_SKIPPED
+    return 0
+
+
 def cmd_devices(args: argparse.Namespace) -> int:
     from stream.sources import list_devices
     devices = list_devices()
@@ -257,7 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--emovo", type=Path, help="EMOVO folder with f1 ... m3/ (Italian)")
     p.add_argument("--dailydialog", type=Path, help="DailyDialog folder with train/ (text-only rows, read with their context)")
     p.add_argument("--manifest", type=Path, action="append", default=[], help="a JSONL manifest (repeatable)")
-    p.add_argument("--out", type=Path, default=Path("runs/fdrl.pt"), help="checkpoint to write (default runs/fdrl.pt)")
+    p.add_argument("--out", type=Path, default=Path("runs/fdrl.safetensors"),
+                   help="checkpoint to write, NAME.safetensors with its settings NAME.json (default runs/fdrl.safetensors)")
     p.add_argument("--epochs", type=int, help="override train.epochs")
     p.add_argument("--cv", nargs="?", const="speaker", choices=("speaker", "corpus"),
                    help="cross-validate before the final fit: by speaker (the default) or leave-one-corpus-out")
@@ -315,6 +364,41 @@ def build_parser() -> argparse.ArgumentParser:
                    help="realtime: fed as if live (latency means what it means live); fast: as fast as compute allows, deterministic")
     session_flags(p)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("serve", parents=[config_flags],
+                       description="Many live streams over WebSocket at /ws, and a browser page at /. "
+                                   "SIGINT or SIGTERM closes every connection with its final stats within 2 s.",
+                       help="serve live emotion recognition over WebSocket (and a browser page)")
+    p.add_argument("--host", help="address to listen on (overrides serve.host; default loopback); "
+                                  "any other needs a token")
+    p.add_argument("--port", type=int, help="port (overrides serve.port; 0 = any free port)")
+    p.add_argument("--token", help="secret clients must send (Authorization: Bearer or ?token=); default $FDRL_TOKEN")
+    p.add_argument("--origin", action="append", default=[], metavar="URL",
+                   help="a browser origin allowed to connect, e.g. https://app.example.com (repeatable; adds to serve.origins)")
+    p.add_argument("--certfile", type=Path, help="TLS certificate (PEM), with --keyfile: wss:// and https://")
+    p.add_argument("--keyfile", type=Path, help="TLS private key (PEM)")
+    p.add_argument("--checkpoint", type=Path, help="default: paths.checkpoint in config.toml")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("predict", parents=[config_flags, log_flags],
+                       help="label every utterance of audio/video files or folders, no labels needed, into one file")
+    p.add_argument("paths", type=Path, nargs="+", metavar="PATH",
+                   help="audio or video files, or folders (searched recursively for media files)")
+    p.add_argument("--out", type=Path, required=True, metavar="FILE",
+                   help=".csv (one row per utterance, a column per class score), .jsonl (the event schema), "
+                        ".srt or .vtt (subtitles, one input file)")
+    p.add_argument("--checkpoint", type=Path, help="default: paths.checkpoint in config.toml")
+    p.add_argument("--no-video", action="store_true", help="audio only: ignore the video tracks")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                   help="run on Ray: alone, a local Ray started for the job; 'auto' or HOST:PORT joins a cluster "
+                        "(pip install 'fdrl-stream[ray]')")
+    p.add_argument("--ray-workers", type=int, metavar="N", help="Ray actors (default: as many as the cluster's CPUs hold)")
+    p.add_argument("--ray-cpus", type=float, default=1.0, metavar="N", help="CPUs per Ray actor (default 1)")
+    p.add_argument("--ray-gpus", type=float, default=0.0, metavar="N", help="GPUs per Ray actor (default 0: CPU)")
+    p.add_argument("--strict", action="store_true",
+                   help=f"a file that cannot be read fails the job (exit 2, no output written); by default it is "
+                        f"reported, the others are labelled, and the command exits {EXIT_SKIPPED}")
+    p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("devices", help="list audio input devices and cameras")
     p.set_defaults(func=cmd_devices)

@@ -8,6 +8,7 @@ of JSON types with a `"type"` field; `event_from_json()` turns it back into the 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import Any, ClassVar, Union
 
@@ -174,6 +175,11 @@ EVENT_TYPES: dict[str, type] = {cls.type: cls for cls in (SpeechStarted, SpeechD
 
 # Fields stored as tuples in the event but as lists in JSON.
 _TUPLE_FIELDS = {"modalities", "box", "segment"}
+
+
+def json_line(event: Event) -> str:
+    """The event as one line of JSON Lines (`--jsonl`, recordings, `fdrl predict --out x.jsonl`)."""
+    return json.dumps(event.to_json(), ensure_ascii=False) + "\n"
 
 
 def event_from_json(d: dict[str, Any]) -> Event:

@@ -36,7 +36,7 @@ import numpy as np
 
 from fdrl.errors import UserError
 from fdrl.outputs import OutputError, os_reason, require_empty_folder, write_atomic, write_error
-from stream.events import Event, Level, event_from_json
+from stream.events import Event, Level, event_from_json, json_line
 
 AUDIO_FILE, VIDEO_FILE, EVENTS_FILE, META_FILE = "audio.wav", "video.mp4", "events.jsonl", "session.json"
 SESSION_FILES = (AUDIO_FILE, VIDEO_FILE, EVENTS_FILE, META_FILE)
@@ -104,7 +104,7 @@ class JsonlWriter:
             return
         if self._file is None:
             raise RecordingError(f"cannot write {self.path}: the writer is closed")
-        line = (json.dumps(event.to_json(), ensure_ascii=False) + "\n").encode("utf-8")
+        line = json_line(event).encode("utf-8")
         try:
             self._file.write(line)
             self._file.flush()

@@ -27,6 +27,7 @@ from typing import AsyncIterable, AsyncIterator, Callable, Iterator, TypeVar
 
 from rich.console import Console
 
+from fdrl.checkpoint import files as checkpoint_files
 from fdrl.config import Config
 from fdrl.outputs import check_outputs, config_inputs
 from stream.events import Error, Event, Stats, Utterance
@@ -179,7 +180,8 @@ class _Outputs:
 
     def __init__(self, cfg: Config, options: SessionOptions) -> None:
         check_outputs({"--jsonl": options.jsonl, "--plot": options.plot, "--record": options.record},
-                      [*options.inputs, options.checkpoint or cfg.resolve(cfg.paths.checkpoint), *config_inputs(cfg)],
+                      [*options.inputs, *checkpoint_files(options.checkpoint or cfg.resolve(cfg.paths.checkpoint)),
+                       *config_inputs(cfg)],
                       folders={"--record": SESSION_FILES}, streams={"--jsonl"})
         self.recorder = SessionRecorder(options.record, config=cfg.to_dict()) if options.record else None
         try:

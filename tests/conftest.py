@@ -75,6 +75,6 @@ def tiny_checkpoint(mini_corpus, tmp_path_factory) -> Path:
     from fdrl.train import Corpora, train_command
     cache = tmp_path_factory.mktemp("cache")
     cfg = config.load(overrides=[f"paths.cache_dir='{cache}'", "train.epochs=3", "train.batch_size=8"])
-    out = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    out = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     train_command(cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), out)
     return out

@@ -48,10 +48,12 @@ Rows marked [n] are tested elsewhere (list below); "fixed" = a bug this corpus f
  config: empty file, BOM + CRLF, int for float  K      result: the values
  checkpoint: missing, random bytes              C      error [10]
  checkpoint: other encoder settings             C      error naming the setting [11]
- checkpoint: empty, truncated, bytes flipped,   P      error (no encoders: fixed, was a KeyError)
-   not ours, no encoders, no weights, fewer
-   labels, other dims, unknown model option,
-   no / damaged speaker statistics
+ checkpoint: empty, truncated, header flipped,  P      error (no encoders: fixed, was a KeyError)
+   other weights, settings missing or not JSON,
+   not ours, no encoders, fewer labels, other
+   dims, unknown model option, no / damaged
+   speaker statistics; an old NAME.pt: empty,
+   not ours (a good one loads)
  checkpoint without encoder settings            C*     error (fixed)
  checkpoint with custom label names             E      result: scored (fixed: was a ValueError)
  corrupt MP3                                    R C*   error
@@ -104,6 +106,7 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from fdrl import checkpoint, config
@@ -547,33 +550,40 @@ def test_unusual_but_valid_config_files(tmp_path):
 
 
 def damaged_checkpoints(good: Path, d: Path) -> dict[str, Path]:
-    """Variants of a real checkpoint, each broken one way."""
-    blob = torch.load(good, weights_only=True)
-    data = good.read_bytes()
+    """Variants of a real checkpoint (NAME.safetensors and its NAME.json), each broken one way, and of
+    the older single-file form (NAME.pt)."""
+    weights = good.read_bytes()
+    settings = json.loads(checkpoint.settings_path(good).read_text())
     out = {}
 
-    def raw(name: str, content: bytes) -> None:
-        (d / name).write_bytes(content)
-        out[name] = d / name
+    def pair(name: str, content: bytes = weights, settings_text: str | None = None, **changes) -> None:
+        path = d / f"{name}.safetensors"
+        path.write_bytes(content)
+        edited = {k: v for k, v in {**settings, **changes}.items() if v is not None}
+        checkpoint.settings_path(path).write_text(json.dumps(edited) if settings_text is None else settings_text)
+        out[name] = path
 
-    def edited(name: str, **changes) -> None:
-        torch.save({k: v for k, v in {**blob, **changes}.items() if v is not None}, d / name)
-        out[name] = d / name
-
-    raw("empty.pt", b"")
-    raw("truncated.pt", data[: len(data) // 2])
-    raw("bytes-flipped.pt", data[:1000] + bytes(b ^ 0xFF for b in data[1000:3000]) + data[3000:])
-    torch.save({"weights": torch.zeros(3)}, d / "not-ours.pt")
-    out["not-ours.pt"] = d / "not-ours.pt"
-    edited("no-encoders.pt", encoders=None)
-    edited("encoders-not-a-table.pt", encoders="bundled")
-    edited("no-weights.pt", state_dict=None)
-    edited("fewer-labels.pt", labels=blob["labels"][:3])
-    edited("other-dims.pt", dims={**blob["dims"], "audio": 7})
-    edited("unknown-model-option.pt", model_config={**blob["model_config"], "experts": 8})
-    edited("custom-labels.pt", labels=[f"mood{k}" for k in range(len(blob["labels"]))])
-    edited("no-speaker-stats.pt", speaker_norm=None)
-    edited("bad-speaker-stats.pt", speaker_norm={"n": 3.0})
+    pair("empty", b"")
+    pair("truncated", weights[: len(weights) // 2])
+    pair("header-bytes-flipped", weights[:8] + bytes(b ^ 0xFF for b in weights[8:1000]) + weights[1000:])
+    pair("other-weights", safetensors.torch.save({"weights": torch.zeros(3)}))
+    pair("settings-not-json", settings_text="{")
+    pair("not-ours", format=None)
+    pair("no-encoders", encoders=None)
+    pair("encoders-not-a-table", encoders="bundled")
+    pair("fewer-labels", labels=settings["labels"][:3])
+    pair("other-dims", dims={**settings["dims"], "audio": 7})
+    pair("unknown-model-option", model_config={**settings["model_config"], "experts": 8})
+    pair("custom-labels", labels=[f"mood{k}" for k in range(len(settings["labels"]))])
+    pair("no-speaker-stats", speaker_norm=None)
+    pair("bad-speaker-stats", speaker_norm={"n": 3.0})
+    (d / "no-settings.safetensors").write_bytes(weights)
+    out["no-settings"] = d / "no-settings.safetensors"
+    state = safetensors.torch.load(weights)
+    torch.save({**settings, "format": checkpoint.LEGACY_FORMAT, "state_dict": state}, d / "legacy.pt")
+    torch.save({"weights": torch.zeros(3)}, d / "legacy-not-ours.pt")
+    (d / "legacy-empty.pt").write_bytes(b"")
+    out.update({name: d / f"{name}.pt" for name in ("legacy", "legacy-not-ours", "legacy-empty")})
     return out
 
 
@@ -586,28 +596,38 @@ ENCODERS = {"audio_frame_stride": 2}
 
 
 @cases("name, needle", [
-    ("empty.pt", "is corrupted or not a checkpoint (EOFError); re-train or re-download it"),
-    ("truncated.pt", "is corrupted or not a checkpoint"),
-    ("bytes-flipped.pt", "is corrupted or not a checkpoint"),
-    ("not-ours.pt", "is not an fdrl-stream checkpoint"),
-    ("no-encoders.pt", "has no encoder settings"),
-    ("encoders-not-a-table.pt", "has no encoder settings"),
-    ("no-weights.pt", "does not match this version of the model ('state_dict'); re-train it"),
-    ("fewer-labels.pt", "does not match this version of the model"),
-    ("other-dims.pt", "does not match this version of the model"),
-    ("unknown-model-option.pt", "does not match this version of the model"),
-    ("no-speaker-stats.pt", "was trained with speaker normalization but carries no speaker statistics; re-train it"),
-    ("bad-speaker-stats.pt", "does not match this version of the model ('mean'); re-train it"),
+    ("empty", "is corrupted or not a checkpoint (SafetensorError); re-train or re-download it"),
+    ("truncated", "is corrupted or not a checkpoint"),
+    ("header-bytes-flipped", "is corrupted or not a checkpoint"),
+    ("other-weights", "does not match this version of the model"),
+    ("settings-not-json", "are corrupted (JSONDecodeError); re-train or re-download it"),
+    ("no-settings", "has no settings file"),
+    ("not-ours", "is not an fdrl-stream checkpoint"),
+    ("no-encoders", "has no encoder settings"),
+    ("encoders-not-a-table", "has no encoder settings"),
+    ("fewer-labels", "does not match this version of the model"),
+    ("other-dims", "does not match this version of the model"),
+    ("unknown-model-option", "does not match this version of the model"),
+    ("no-speaker-stats", "was trained with speaker normalization but carries no speaker statistics; re-train it"),
+    ("bad-speaker-stats", "does not match this version of the model ('mean'); re-train it"),
+    ("legacy-empty", "is corrupted or not a checkpoint (EOFError); re-train or re-download it"),
+    ("legacy-not-ours", "is not an fdrl-stream checkpoint"),
 ])
 def test_damaged_checkpoint(checkpoints, name, needle):
     assert_user_error(lambda: checkpoint.load(checkpoints[name], ENCODERS), str(checkpoints[name]), needle)
+
+
+def test_an_older_single_file_checkpoint_still_loads(checkpoints, tiny_checkpoint):
+    old, new = checkpoint.load(checkpoints["legacy"], ENCODERS), checkpoint.load(tiny_checkpoint, ENCODERS)
+    assert old.labels == new.labels and old.dims == new.dims
+    assert all(torch.equal(a, b) for a, b in zip(old.model.state_dict().values(), new.model.state_dict().values()))
 
 
 def test_checkpoint_with_custom_labels_is_scored(checkpoints, tmp_path):
     """A `labels.names` outside the canonical set: no face to fuse with, but eval must still score it."""
     manifest = write_manifest(tmp_path / "m.jsonl", {"text": "what a lovely day", "label": "mood1"},
                               {"text": "leave me alone", "label": "mood3"})
-    result = evaluate(manifest, make_config(tmp_path), checkpoints["custom-labels.pt"])
+    result = evaluate(manifest, make_config(tmp_path), checkpoints["custom-labels"])
     assert result["n"] == 2 and result["labels"] == [f"mood{k}" for k in range(7)]
 
 
@@ -643,8 +663,8 @@ def test_cli_zero_face_rate_is_one_line_not_a_traceback(media, tmp_path):
 
 def test_cli_eval_with_a_checkpoint_without_encoder_settings(checkpoints, tmp_path):
     manifest = write_manifest(tmp_path / "m.jsonl", {"text": "fine words", "label": "anger"})
-    r = fdrl("eval", "--manifest", str(manifest), "--checkpoint", str(checkpoints["no-encoders.pt"]), cwd=tmp_path)
-    assert_one_line_error(r, "no-encoders.pt", "has no encoder settings")
+    r = fdrl("eval", "--manifest", str(manifest), "--checkpoint", str(checkpoints["no-encoders"]), cwd=tmp_path)
+    assert_one_line_error(r, "no-encoders.safetensors", "has no encoder settings")
 
 
 def test_cli_replay_of_video_without_audio_shows_faces(media, tiny_checkpoint, tmp_path):
@@ -670,7 +690,7 @@ def test_cli_replay_with_an_audio_file_as_video(media, tiny_checkpoint, tmp_path
 # -- output paths: checked before any work, never an input (fdrl/outputs.py) ----------------------------
 #
 # Each case is the issue's shell reproduction: `prep` runs in a fresh folder holding in.wav (and
-# m.jsonl, g/train.tsv, model.pt, the tiny checkpoint), then `fdrl ARGS` runs there. The outcome is
+# m.jsonl, g/train.tsv, model.safetensors + model.json, the tiny checkpoint), then `fdrl ARGS` runs there. The outcome is
 # one error line naming the output and the fix, exit 2, every file that was there byte-identical,
 # and no new file (a refused run creates nothing).
 
@@ -691,7 +711,10 @@ OUTPUT_CASES = [
      "--jsonl link.jsonl is the input in.wav"),
     ("plot-onto-a-hard-link-of-the-input", "ln in.wav hard.png", "replay in.wav --plot hard.png",
      "--plot hard.png is the same file as the input in.wav"),
-    ("jsonl-over-the-checkpoint", "", "replay in.wav --checkpoint model.pt --jsonl model.pt", "--jsonl model.pt is the input model.pt"),
+    ("jsonl-over-the-checkpoint", "", "replay in.wav --checkpoint model.safetensors --jsonl model.safetensors",
+     "--jsonl model.safetensors is the input model.safetensors"),
+    ("jsonl-over-the-checkpoint-settings", "", "replay in.wav --checkpoint model.safetensors --jsonl model.json",
+     "--jsonl model.json is the input model.json"),
     ("jsonl-over-the-config", "printf '[vad]\\nhangover_ms = 300\\n' > c.toml", "--config c.toml replay in.wav --jsonl c.toml",
      "--jsonl c.toml is the input c.toml"),
     ("plot-and-jsonl-to-one-file", "", "replay in.wav --jsonl out.txt --plot out.txt", "would write the same file"),
@@ -701,20 +724,26 @@ OUTPUT_CASES = [
     ("plot-to-a-fifo", "mkfifo f.png", "replay in.wav --plot f.png", "--plot f.png is a FIFO, not a regular file"),
     ("jsonl-under-a-file", "", "replay in.wav --jsonl in.wav/e.jsonl", "Not a directory (a part of the path is a file"),
     ("plot-name-too-long", "", "replay in.wav --plot " + "x" * 300 + ".png", "File name too long"),
-    ("eval-plot-over-the-manifest", "", "eval --manifest m.jsonl --checkpoint model.pt --plot m.jsonl",
+    ("eval-plot-over-the-manifest", "", "eval --manifest m.jsonl --checkpoint model.safetensors --plot m.jsonl",
      "--plot m.jsonl is the input m.jsonl"),
-    ("eval-plot-over-a-clip-of-the-manifest", "", "eval --manifest m.jsonl --checkpoint model.pt --plot in.wav",
+    ("eval-plot-over-a-clip-of-the-manifest", "", "eval --manifest m.jsonl --checkpoint model.safetensors --plot in.wav",
      "--plot in.wav is the input"),
-    ("eval-plot-over-the-checkpoint", "", "eval --manifest m.jsonl --checkpoint model.pt --plot model.pt",
-     "--plot model.pt is the input model.pt"),
-    ("eval-plot-to-a-folder", "mkdir out", "eval --manifest m.jsonl --checkpoint model.pt --plot out",
+    ("eval-plot-over-the-checkpoint", "", "eval --manifest m.jsonl --checkpoint model.safetensors --plot model.json",
+     "--plot model.json is the input model.json"),
+    ("eval-plot-to-a-folder", "mkdir out", "eval --manifest m.jsonl --checkpoint model.safetensors --plot out",
      "--plot out is a folder"),  # not out.png beside it
-    ("train-out-to-dev-full", "", "train --manifest m.jsonl --out /dev/full", "--out /dev/full is a device"),
-    ("train-out-over-the-manifest", "", "train --manifest m.jsonl --out m.jsonl", "--out m.jsonl is the input m.jsonl"),
+    ("train-out-not-safetensors", "", "train --manifest m.jsonl --out model.pt",
+     "checkpoint model.pt: name it NAME.safetensors (its settings are written beside it as NAME.json)"),
+    ("train-out-to-dev-full", "ln -s /dev/full full.safetensors", "train --manifest m.jsonl --out full.safetensors",
+     "--out full.safetensors is a device"),
+    ("train-out-over-a-clip", "ln -s in.wav clip.safetensors", "train --manifest m.jsonl --out clip.safetensors",
+     "--out clip.safetensors is the input /"),  # the clip as the manifest names it: an absolute path
+    ("train-settings-over-the-manifest", "cp m.jsonl m.json", "train --manifest m.json --out m.safetensors",
+     "--out settings m.json is the input m.json"),
     ("train-report-over-a-clip", "", "train --manifest m.jsonl --report in.wav", "--report in.wav is the input"),
-    ("train-out-into-a-corpus-file", "", "train --goemotions g --out g/train.tsv",
-     "--out g/train.tsv would overwrite a file inside an input folder"),
-    ("train-out-and-report-to-one-file", "", "train --manifest m.jsonl --out run.json --report run.json",
+    ("train-out-into-a-corpus-file", "touch g/x.safetensors", "train --goemotions g --out g/x.safetensors",
+     "--out g/x.safetensors would overwrite a file inside an input folder"),
+    ("train-out-and-report-to-one-file", "", "train --manifest m.jsonl --out run.safetensors --report run.json",
      "would write the same file"),
     ("tune-text-out-over-the-tsv", "", "tune-text --goemotions g --out g/train.tsv",
      "--out g/train.tsv would overwrite a file inside an input folder"),
@@ -733,7 +762,8 @@ def workdir(media, tiny_checkpoint, tmp_path, monkeypatch) -> Path:
     """A folder as a user's project: a clip, a manifest of it, a GoEmotions folder and a checkpoint."""
     import shutil
     shutil.copy(media["tone.wav"], tmp_path / "in.wav")
-    shutil.copy(tiny_checkpoint, tmp_path / "model.pt")
+    shutil.copy(tiny_checkpoint, tmp_path / "model.safetensors")
+    shutil.copy(checkpoint.settings_path(tiny_checkpoint), tmp_path / "model.json")
     write_manifest(tmp_path / "m.jsonl", {"audio": "in.wav", "label": "anger"}, {"text": "fine words", "label": "neutral"})
     (tmp_path / "g").mkdir()
     (tmp_path / "g" / "train.tsv").write_text("so happy\t3\tc1\nmeh\t4\tc2\n")
@@ -757,7 +787,7 @@ def test_an_output_that_would_destroy_an_input_or_cannot_be_written(workdir, cap
 
 def test_eval_plot_to_a_name_without_suffix_writes_exactly_that_file(workdir, capsys):
     code = main(["--set", f"paths.cache_dir='{workdir / 'cache'}'", "eval", "--manifest", "m.jsonl",
-                 "--checkpoint", "model.pt", "--json", "--plot", "confusion"])
+                 "--checkpoint", "model.safetensors", "--json", "--plot", "confusion"])
     assert code == 0, capsys.readouterr().err
     assert (workdir / "confusion").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and not (workdir / "confusion.png").exists()
 

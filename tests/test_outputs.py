@@ -235,10 +235,12 @@ def test_jsonl_under_a_file_names_the_real_reason(tmp_path):
 def test_a_checkpoint_save_on_a_full_disk_keeps_the_previous_checkpoint(tiny_checkpoint, tmp_path, monkeypatch):
     from fdrl import checkpoint
     ckpt = checkpoint.load(tiny_checkpoint)
-    path = tmp_path / "fdrl.pt"
+    path = tmp_path / "fdrl.safetensors"
     path.write_bytes(tiny_checkpoint.read_bytes())
+    checkpoint.settings_path(path).write_bytes(checkpoint.settings_path(tiny_checkpoint).read_bytes())
     fail_fsync(monkeypatch)
-    with pytest.raises(OutputError, match=r"fdrl\.pt: No space left on device"):
+    with pytest.raises(OutputError, match=r"fdrl\.safetensors: No space left on device"):
         checkpoint.save(path, ckpt.model, ckpt.labels, ckpt.dims, ckpt.encoders, ckpt.model_config,
                         speaker_norm=ckpt.speaker_norm)
     assert path.read_bytes() == tiny_checkpoint.read_bytes() and leftovers(tmp_path) == []
+    assert checkpoint.settings_path(path).read_bytes() == checkpoint.settings_path(tiny_checkpoint).read_bytes()
