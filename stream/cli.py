@@ -57,10 +57,9 @@ def cmd_tune_text(args: argparse.Namespace) -> int:
     flags = {"layers": args.layers, "epochs": args.epochs, "seed": args.seed, "balanced": args.balanced or None,
              "dialogue_neutral": args.dialogue_neutral}
     cfg = _config(args, [f"tune_text.{k}={str(v).lower()}" for k, v in flags.items() if v is not None])
-    out = args.out or cfg.resolve(cfg.encoders.text_tuned or "models/minilm-goemotions.safetensors")
     skips = _skip_log(args)
-    result = tune_command(cfg, args.goemotions, out, skips, dailydialog=args.dailydialog)
-    print(json.dumps(result) if args.json else f"saved {out}")
+    result = tune_command(cfg, args.goemotions, args.out, skips, dailydialog=args.dailydialog)
+    print(json.dumps(result) if args.json else f"saved {args.out} (use it with --set encoders.text_tuned={args.out})")
     return _exit_status(skips)
 
 
@@ -322,7 +321,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--goemotions", type=Path, required=True, help="GoEmotions folder with train.tsv (dev.tsv is scored)")
     p.add_argument("--dailydialog", type=Path, help="also DailyDialog train (validation is scored), turns read with their context")
     p.add_argument("--dialogue-neutral", type=float, help="fraction of DailyDialog's neutral turns per epoch (overrides tune_text.dialogue_neutral)")
-    p.add_argument("--out", type=Path, help="safetensors file to write (default: encoders.text_tuned)")
+    p.add_argument("--out", type=Path, default=Path("runs/minilm.safetensors"),
+                   help="safetensors file to write; the shipped layers are never overwritten "
+                        "(use yours with --set encoders.text_tuned=FILE)")
     p.add_argument("--layers", type=int, help="top layers to tune, 1-6 (overrides tune_text.layers)")
     p.add_argument("--epochs", type=int, help="epochs (overrides tune_text.epochs)")
     p.add_argument("--balanced", action="store_true", help="class-balanced cross-entropy (tune_text.balanced = true)")

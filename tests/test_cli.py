@@ -198,3 +198,10 @@ def test_log_file_that_is_the_input_is_refused_and_the_input_kept(tmp_path, caps
     before = manifest.read_bytes()
     assert main(["eval", "--manifest", str(manifest), "--log-file", str(manifest)]) == 2
     assert "--log-file" in capsys.readouterr().err and manifest.read_bytes() == before
+
+
+def test_tune_text_never_writes_over_the_shipped_layers_by_default():
+    """Without --out, the layers go beside the user's work, as `train`'s checkpoint does: the
+    packaged file (inside site-packages for a wheel) is what the default checkpoint was trained on."""
+    args = build_parser().parse_args(["tune-text", "--goemotions", "g"])
+    assert args.out == Path("runs/minilm.safetensors")
