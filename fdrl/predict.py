@@ -38,21 +38,36 @@ def resolve_device(name: str, warn: Callable[[str], None] | None = None) -> str:
 def cpu_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated.
 
-    Even where it is native, the head runs in float32 unless `runtime.cpu_bf16` asks otherwise:
-    oneDNN builds and caches bf16 kernels per input shape, and utterance lengths never stop
-    changing, so a long session paid hundreds of MB for a speed-up it did not get (README "Memory").
+    Even where it is native, the head runs in float32 unless `runtime.cpu_bf16` asks otherwise: it
+    was not faster on the machines measured (README "Memory"). When asked, `predict_logits` buckets
+    the shapes, since oneDNN keeps bf16 kernels per input shape and utterance lengths never repeat.
     """
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
+BF16_PAD_TO = 32  # frames and tokens: under bf16 each padded length is a multiple of this
+
+
+def bucket_sizes(n: int, batch_size: int) -> list[int]:
+    """Batch sizes covering `n` samples: `batch_size` chunks, then the rest as powers of two
+    (13 -> 8, 4, 1), so that only a handful of batch sizes ever reach the kernels."""
+    sizes = [batch_size] * (n // batch_size)
+    rest = n % batch_size
+    return sizes + [1 << k for k in reversed(range(rest.bit_length())) if rest >> k & 1]
+
+
 @torch.inference_mode()
 def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool = False) -> np.ndarray:
-    """Fused logits [N, C]; `bf16`: the forward pass on the CPU under bfloat16 autocast."""
+    """Fused logits [N, C]; `bf16`: the forward pass on the CPU under bfloat16 autocast, with batch
+    sizes and lengths bucketed (`bucket_sizes`, `BF16_PAD_TO`): oneDNN builds and keeps bf16 kernels
+    for every new shape, which grew a long session by ~0.5 GB an hour; bucketed, it stays flat."""
     model.eval()
     device = next(model.parameters()).device
-    out = []
-    for i in range(0, len(samples), batch_size):
-        batch = collate(list(samples[i:i + batch_size]), model.dims).to(device)
+    sizes = bucket_sizes(len(samples), batch_size) if bf16 else [batch_size] * -(-len(samples) // batch_size)
+    out, i = [], 0
+    for size in sizes:
+        batch = collate(list(samples[i:i + size]), model.dims, pad_to=BF16_PAD_TO if bf16 else 1).to(device)
+        i += size
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch).logits
         out.append(logits.float().cpu().numpy())

@@ -139,6 +139,35 @@ def test_sample_output_does_not_depend_on_batchmates():
         assert torch.allclose(together[i], alone, atol=1e-5)
 
 
+def test_lengths_rounded_up_by_pad_to_change_no_output():
+    """`pad_to` (the bf16 path's shape buckets) adds masked frames only."""
+    model = fresh()
+    rng = np.random.default_rng(4)
+    samples = [sample(rng, audio=3, text=2, vision=1), sample(rng, audio=11, text=8, vision=6)]
+    plain, padded = collate(samples, DIMS), collate(samples, DIMS, pad_to=8)
+    assert [padded.x[m].shape[1] for m in ("audio", "text", "vision")] == [16, 8, 8]
+    assert all(padded.mask[m].sum() == plain.mask[m].sum() for m in plain.mask)
+    assert torch.allclose(model(plain).logits, model(padded).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("n, size, expected", [(0, 128, []), (13, 128, [8, 4, 1]), (16, 16, [16]),
+                                               (300, 128, [128, 128, 32, 8, 4]), (1, 128, [1])])
+def test_bf16_batches_come_in_a_few_sizes(n, size, expected):
+    from fdrl.predict import bucket_sizes
+    assert bucket_sizes(n, size) == expected and sum(expected) == n
+
+
+def test_bf16_predictions_keep_their_order_and_values():
+    from fdrl.predict import predict_logits
+    model = fresh()
+    rng = np.random.default_rng(5)
+    samples = [sample(rng, audio=int(rng.integers(1, 40)), text=int(rng.integers(1, 9))) for _ in range(11)]
+    fp32, bf16 = predict_logits(model, samples, batch_size=4), predict_logits(model, samples, batch_size=4, bf16=True)
+    assert bf16.shape == fp32.shape and np.abs(bf16 - fp32).max() < 0.05 * np.abs(fp32).max()
+    nearest = np.abs(bf16[:, None] - fp32[None]).sum(-1).argmin(1)   # each row next to its own fp32 row
+    assert (nearest == np.arange(len(samples))).all()
+
+
 def test_self_attention_matches_torch_sdpa():
     """The written-out attention is standard multi-head attention with a key padding mask."""
     from fdrl.model import SelfAttention
