@@ -39,13 +39,12 @@ def cpu_bf16() -> bool:
     """Whether this CPU multiplies bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated.
 
     Even where it is native, the head runs in float32 unless `runtime.cpu_bf16` asks otherwise: it
-    was not faster on the machines measured (README "Memory"). When asked, `predict_logits` buckets
-    the shapes, since oneDNN keeps bf16 kernels per input shape and utterance lengths never repeat.
+    was slower on the Intel Xeon measured, and it needs far more memory per input shape (README "Memory").
     """
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-BF16_PAD_TO = 32  # frames and tokens: under bf16 each padded length is a multiple of this
+PAD_TO = 32  # frames and tokens: each padded length is a multiple of this
 
 
 def bucket_sizes(n: int, batch_size: int) -> list[int]:
@@ -58,15 +57,16 @@ def bucket_sizes(n: int, batch_size: int) -> list[int]:
 
 @torch.inference_mode()
 def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool = False) -> np.ndarray:
-    """Fused logits [N, C]; `bf16`: the forward pass on the CPU under bfloat16 autocast, with batch
-    sizes and lengths bucketed (`bucket_sizes`, `BF16_PAD_TO`): oneDNN builds and keeps bf16 kernels
-    for every new shape, which grew a long session by ~0.5 GB an hour; bucketed, it stays flat."""
+    """Fused logits [N, C]; `bf16`: the forward pass on the CPU under bfloat16 autocast.
+
+    Batch sizes and lengths come in a few buckets (`bucket_sizes`, `PAD_TO`; the padding is masked):
+    oneDNN keeps kernels and buffers for every input shape it sees, and utterance lengths never
+    repeat, so unbucketed shapes grew a long session (by ~0.4 GB an hour under bf16)."""
     model.eval()
     device = next(model.parameters()).device
-    sizes = bucket_sizes(len(samples), batch_size) if bf16 else [batch_size] * -(-len(samples) // batch_size)
     out, i = [], 0
-    for size in sizes:
-        batch = collate(list(samples[i:i + size]), model.dims, pad_to=BF16_PAD_TO if bf16 else 1).to(device)
+    for size in bucket_sizes(len(samples), batch_size):
+        batch = collate(list(samples[i:i + size]), model.dims, pad_to=PAD_TO).to(device)
         i += size
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch).logits

@@ -140,7 +140,7 @@ def test_sample_output_does_not_depend_on_batchmates():
 
 
 def test_lengths_rounded_up_by_pad_to_change_no_output():
-    """`pad_to` (the bf16 path's shape buckets) adds masked frames only."""
+    """`pad_to` (`predict_logits`' shape buckets) adds masked frames only."""
     model = fresh()
     rng = np.random.default_rng(4)
     samples = [sample(rng, audio=3, text=2, vision=1), sample(rng, audio=11, text=8, vision=6)]
@@ -152,7 +152,7 @@ def test_lengths_rounded_up_by_pad_to_change_no_output():
 
 @pytest.mark.parametrize("n, size, expected", [(0, 128, []), (13, 128, [8, 4, 1]), (16, 16, [16]),
                                                (300, 128, [128, 128, 32, 8, 4]), (1, 128, [1])])
-def test_bf16_batches_come_in_a_few_sizes(n, size, expected):
+def test_batches_come_in_a_few_sizes(n, size, expected):
     from fdrl.predict import bucket_sizes
     assert bucket_sizes(n, size) == expected and sum(expected) == n
 
