@@ -14,12 +14,9 @@ gives the final Stats' accounting (segments closed = utterances + errors + no-sp
 the events seen agree), wall time and speed in multiples of real time. The exit status is 1 when
 the growth reaches 50 MB or the accounting fails.
 
-What it found (2 cores, models on the CPU): glibc's malloc lets fast replay's batches, whose buffers
-change size with the batch, fragment its heap. RSS climbs in steps for about half an hour while the
-heap in use stays flat, then levels off; over 30 min from the 2-minute mark the climb varied from
-35 to 145 MB between runs. Under jemalloc RSS stays flat, and 150-250 MB lower, so this script, like
-the `fdrl` command, re-executes itself with jemalloc when it is installed (stream/process.py;
-`FDRL_MALLOC=system` keeps glibc's). Reproduce:
+What it found, and the figures, are in the README ("Memory"): glibc's malloc fragments under fast
+replay's varying buffers, so this script, like the `fdrl` command, re-executes itself with jemalloc
+when it is installed (stream/process.py; `FDRL_MALLOC=system` keeps glibc's). Reproduce:
 
     .venv/bin/python scripts/soak.py --minutes 30 --out soak.json
 """
