@@ -55,7 +55,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Protocol, Sequence
+from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -105,13 +105,13 @@ class Batch:
                      self.words.to(device), self.y.to(device))
 
 
-def collate(samples: Sequence[SampleLike], dims: dict[str, int], pad_to: int = 1) -> Batch:
+def collate(samples: Sequence[SampleLike], dims: dict[str, int], length: Callable[[int], int] | None = None) -> Batch:
     """Pad the samples' features into a Batch for the modalities in `dims` (others are ignored).
 
     A modality no sample has still gets a [B, 1, D] zero tensor with an all-False mask, so every
     batch has the same keys. Word spans are kept only for samples with both audio and text, clipped
-    to their lengths; spans left empty are dropped. `pad_to` rounds each padded length up to a
-    multiple of it (masked, so the outputs do not change): a few shapes instead of one per length.
+    to their lengths; spans left empty are dropped. `length` maps the longest sample's length to the
+    padded one (masked, so the outputs do not change): a few shapes instead of one per length.
     """
     if not samples:
         raise ValueError("collate needs at least one sample")
@@ -122,7 +122,8 @@ def collate(samples: Sequence[SampleLike], dims: dict[str, int], pad_to: int = 1
             continue
         arrays = [getattr(s, m, None) for s in samples]
         lengths[m] = [0 if a is None else len(a) for a in arrays]
-        x[m] = torch.zeros(B, -(-max(1, *lengths[m]) // pad_to) * pad_to, dims[m])
+        longest = max(1, *lengths[m])
+        x[m] = torch.zeros(B, length(longest) if length else longest, dims[m])
         mask[m] = torch.zeros(B, x[m].shape[1], dtype=torch.bool)
         for i, a in enumerate(arrays):
             if a is None or len(a) == 0:

@@ -44,7 +44,10 @@ def cpu_bf16() -> bool:
     return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
-PAD_TO = 32  # frames and tokens: each padded length is a multiple of this
+def padded_length(n: int, bf16: bool = False) -> int:
+    """The length a batch whose longest sample has `n` frames (or tokens) is padded to: a multiple of
+    32, or under bf16, where each shape costs far more memory, a power of two of at least 32."""
+    return max(32, 1 << (n - 1).bit_length()) if bf16 else -(-n // 32) * 32
 
 
 def bucket_sizes(n: int, batch_size: int) -> list[int]:
@@ -59,19 +62,33 @@ def bucket_sizes(n: int, batch_size: int) -> list[int]:
 def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool = False) -> np.ndarray:
     """Fused logits [N, C]; `bf16`: the forward pass on the CPU under bfloat16 autocast.
 
-    Batch sizes and lengths come in a few buckets (`bucket_sizes`, `PAD_TO`; the padding is masked):
-    oneDNN keeps kernels and buffers for every input shape it sees, and utterance lengths never
-    repeat, so unbucketed shapes grew a long session (by ~0.4 GB an hour under bf16)."""
+    Batch sizes and lengths come in a few buckets (`bucket_sizes`, `padded_length`; the padding is
+    masked): oneDNN keeps kernels and buffers for every input shape it sees, and utterance lengths
+    never repeat, so unbucketed shapes grew a long session (by ~0.4 GB an hour under bf16)."""
     model.eval()
     device = next(model.parameters()).device
     out, i = [], 0
     for size in bucket_sizes(len(samples), batch_size):
-        batch = collate(list(samples[i:i + size]), model.dims, pad_to=PAD_TO).to(device)
+        batch = collate(list(samples[i:i + size]), model.dims, length=lambda n: padded_length(n, bf16)).to(device)
         i += size
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = model(batch).logits
         out.append(logits.float().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.n_classes), np.float32)
+
+
+def warm_bf16(model: FDRL, max_batch: int, max_lengths: dict[str, int]) -> None:
+    """Run every bf16 shape bucket up to these sizes once (audio and text; not vision), so that a
+    session builds its bf16 kernels at start-up instead of growing through its first hour."""
+    def buckets(n: int) -> list[int]:
+        return [1 << k for k in range(5, padded_length(n, True).bit_length())]
+    audio, text = buckets(max_lengths.get("audio", 1)), buckets(max_lengths.get("text", 1))
+    for size in (1 << k for k in range(max_batch.bit_length())):
+        for ta in audio if "audio" in model.dims else [0]:
+            for tt in text if "text" in model.dims else [0]:
+                sample = Sample(-1, "", audio=np.zeros((ta, model.dims["audio"]), np.float32) if ta else None,
+                                text=np.zeros((tt, model.dims["text"]), np.float32) if tt else None)
+                predict_logits(model, [sample] * size, batch_size=size, bf16=True)
 
 
 def predict_proba(model: FDRL, samples: Sequence[Sample], batch_size: int = 128, bf16: bool = False,

@@ -28,8 +28,8 @@ import torch
 from fdrl import checkpoint as ckpt_mod
 from fdrl import asr_gate
 from fdrl.config import Config
-from fdrl.inputs import Recipe, Sample, encoder_ids
-from fdrl.predict import late_fusion, predict_proba, resolve_device
+from fdrl.inputs import WHISPER_FPS, Recipe, Sample, encoder_ids
+from fdrl.predict import late_fusion, predict_proba, resolve_device, warm_bf16
 from fdrl.speaker import BatchSpeakers, Moments, RunningSpeaker
 from fdrl.text import TextEncoder
 from fdrl.whisper import Transcript, Whisper
@@ -97,6 +97,13 @@ class Engine:
         self.classify([Sample(-1, "", audio=self.standardize(audio, Moments.of(audio)))])
         if self.text is not None:
             self.text.encode([["warm", "up"]])
+        if self.bf16:
+            frames = self.cfg.vad.max_utterance_ms * WHISPER_FPS // (1000 * self.recipe.stride)
+            warm_bf16(self.ckpt.model, self.cfg.runtime.max_batch, {"audio": frames, "text": self.cfg.encoders.text_max_tokens})
+
+    @property
+    def bf16(self) -> bool:
+        return self.device == "cpu" and self.cfg.runtime.cpu_bf16
 
     def encode(self, requests: list[Request]):
         return self.whisper.encode_shared([r.audio for r in requests])
@@ -107,8 +114,7 @@ class Engine:
 
     @torch.inference_mode()
     def classify(self, samples: list[Sample]) -> np.ndarray:
-        bf16 = self.device == "cpu" and self.cfg.runtime.cpu_bf16
-        probs = predict_proba(self.ckpt.model, samples, bf16=bf16, temperature=self.ckpt.temperature)
+        probs = predict_proba(self.ckpt.model, samples, bf16=self.bf16, temperature=self.ckpt.temperature)
         return late_fusion(probs, samples, self.labels, self.cfg.late_fusion.face_weight)
 
     def standardize(self, frames: np.ndarray, heard: Moments) -> np.ndarray:

@@ -139,12 +139,12 @@ def test_sample_output_does_not_depend_on_batchmates():
         assert torch.allclose(together[i], alone, atol=1e-5)
 
 
-def test_lengths_rounded_up_by_pad_to_change_no_output():
-    """`pad_to` (`predict_logits`' shape buckets) adds masked frames only."""
+def test_bucketed_lengths_change_no_output():
+    """Padding to a bucket (`predict_logits`' shapes) adds masked frames only."""
     model = fresh()
     rng = np.random.default_rng(4)
     samples = [sample(rng, audio=3, text=2, vision=1), sample(rng, audio=11, text=8, vision=6)]
-    plain, padded = collate(samples, DIMS), collate(samples, DIMS, pad_to=8)
+    plain, padded = collate(samples, DIMS), collate(samples, DIMS, length=lambda n: -(-n // 8) * 8)
     assert [padded.x[m].shape[1] for m in ("audio", "text", "vision")] == [16, 8, 8]
     assert all(padded.mask[m].sum() == plain.mask[m].sum() for m in plain.mask)
     assert torch.allclose(model(plain).logits, model(padded).logits, atol=1e-5)
@@ -155,6 +155,21 @@ def test_lengths_rounded_up_by_pad_to_change_no_output():
 def test_batches_come_in_a_few_sizes(n, size, expected):
     from fdrl.predict import bucket_sizes
     assert bucket_sizes(n, size) == expected and sum(expected) == n
+
+
+def test_lengths_come_in_multiples_of_32_or_under_bf16_powers_of_two():
+    from fdrl.predict import padded_length
+    assert [padded_length(n) for n in (1, 32, 33, 100, 750)] == [32, 32, 64, 128, 768]
+    assert [padded_length(n, bf16=True) for n in (1, 32, 33, 100, 750)] == [32, 32, 64, 128, 1024]
+
+
+def test_bf16_warm_up_runs_each_bucket_once(monkeypatch):
+    import fdrl.predict as P
+    shapes = []
+    monkeypatch.setattr(P, "predict_logits", lambda model, samples, batch_size, bf16: shapes.append(
+        (len(samples), samples[0].audio.shape[0], samples[0].text.shape[0])))
+    P.warm_bf16(fresh(), 4, {"audio": 100, "text": 40})
+    assert sorted(shapes) == sorted((b, a, t) for b in (1, 2, 4) for a in (32, 64, 128) for t in (32, 64))
 
 
 def test_bf16_predictions_keep_their_order_and_values():
