@@ -64,7 +64,7 @@ def predict_logits(model: FDRL, samples: Sequence[Sample], batch_size: int = 128
 
     Batch sizes and lengths come in a few buckets (`bucket_sizes`, `padded_length`; the padding is
     masked): oneDNN keeps kernels and buffers for every input shape it sees, and utterance lengths
-    never repeat, so unbucketed shapes grew a long session (by ~0.4 GB an hour under bf16)."""
+    never repeat, so unbucketed shapes grew a long session (README "Memory")."""
     model.eval()
     device = next(model.parameters()).device
     out, i = [], 0
