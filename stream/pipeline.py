@@ -187,6 +187,7 @@ class _Run:
         # whose faces are not gathered yet (`gathering`, their starts) still ask for their faces.
         self.open_start: float | None = None
         self.gathering: list[float] = []
+        self.faces_done = asyncio.Event()  # the face stage has labelled its last frame: the stream may end
         self.fallbacks_sent = 0            # how many of the engine's fallbacks this stream has announced
         self.items: AsyncIterator | None = None
         self.tasks: list[asyncio.Task] = []
@@ -349,25 +350,32 @@ class _Run:
             label = max(scores, key=scores.get) if scores else None
             await self.put(FaceUpdate(self.stream, round(frame.t, 3), label, scores, result.box if result else None))
         self.faces.advance(math.inf)
+        self.faces_done.set()
 
     async def emit(self) -> None:
         next_stats = STATS_EVERY_S
-        await self.announce()
+        await self.announce(at=0.0)  # what was known before the stream began belongs to its start
         while (job := await self.jobs.get()) is not _END:
             await self.finish(job)
             await self.announce()
             if self.stream_t >= next_stats:
                 next_stats = self.stream_t + STATS_EVERY_S
                 await self.put(self.stats())
+        await self.faces_done.wait()  # frames after the last utterance (or a video without audio) still get their labels
         await self.announce()
         await self.put(self.stats())
         await self.out.put(_END)
 
-    async def announce(self) -> None:
-        """One `Fallback` event per engine fallback (CUDA missing, out of GPU memory) this stream was not told of."""
+    async def announce(self, at: float | None = None) -> None:
+        """One `Fallback` event per engine fallback (CUDA missing, out of GPU memory) this stream was not told of.
+
+        Stamped `at` when given, else with the stream time reached: the capture stage may already
+        be seconds ahead when the first note goes out, but a note from before the stream is about
+        its start."""
         notes = self.rec.engine.fallbacks  # type: ignore[union-attr]
         while self.fallbacks_sent < len(notes):
-            await self.put(Fallback(self.stream, round(self.stream_t, 3), notes[self.fallbacks_sent], "device"))
+            t = self.stream_t if at is None else at
+            await self.put(Fallback(self.stream, round(t, 3), notes[self.fallbacks_sent], "device"))
             self.fallbacks_sent += 1
 
     async def finish(self, job: _Job) -> None:

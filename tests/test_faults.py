@@ -651,6 +651,27 @@ def test_face_results_are_kept_only_while_a_segment_may_need_them(media, tiny_ch
     closes(pruned)
 
 
+def test_a_video_without_audio_gets_every_face_label_however_slow_the_face_stage(tiny_checkpoint, tmp_path):
+    """Replay is deterministic: with no audio the stream used to end as soon as the (empty) audio side
+    did, cutting off the frames the face stage had not reached yet."""
+    cfg = make_config(tmp_path)
+    video = write_mp4(tmp_path / "faces.mp4", 3.0)
+
+    class SlowGreyFace(GreyFace):
+        def analyze(self, image: np.ndarray) -> FaceResult:
+            time.sleep(0.05)
+            return super().analyze(image)
+
+    async def main() -> list[Event]:
+        async with Recognizer(cfg, tiny_checkpoint, face=False) as rec:
+            rec._face_model = SlowGreyFace()
+            return await replay(rec, video, video_path=video)
+
+    faces = of(FaceUpdate, run(main(), timeout=60))
+    assert [f.time for f in faces] == pytest.approx([k * 0.2 for k in range(15)])
+    assert [f.label for f in faces] == [CANONICAL[min(k // 5, len(CANONICAL) - 1)] for k in range(15)]
+
+
 # -- the disk full while recording --------------------------------------------------------------------
 
 
