@@ -209,8 +209,9 @@ def table(rounds: list[Round]) -> str:
         fmt = lambda s: "—" if s is None else f"{1000 * s:.0f} ms"
         lines.append(f"| {r.n} | {fmt(r.p50_s)} | {fmt(r.p95_s)} | {r.utterances} | {r.dropped_s:.1f} s | {r.errors} | "
                      f"{r.peak_rss_mib:.0f} MiB | {r.mean_batch:.2f} | {r.cpu_per_audio_s:.3f} s | {r.load_avg:.1f} | {'yes' if r.passed else 'no'} |")
-    capacity = max((r.n for r in rounds if r.passed), default=0)
-    return "\n".join(lines) + f"\n\ncapacity: {capacity} live streams"
+    passed = [r.n for r in rounds if r.passed]
+    summary = f"{max(passed)} live streams" if passed else f"fewer than {min(r.n for r in rounds)} live streams (no round passed)"
+    return "\n".join(lines) + f"\n\ncapacity: {summary}"
 
 
 def cpu_model() -> str:

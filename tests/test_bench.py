@@ -202,3 +202,15 @@ def test_quick_run_prints_markdown_tables_after_the_json(quick_run):
     for table in tables:
         assert set(table[1]) <= set("|-: ")
         assert len(table) > 2 and len({row.count("|") for row in table}) == 1, table
+
+
+def test_load_capacity_is_the_largest_n_that_passed_and_says_so_when_none_did():
+    from bench.load import Round, table
+
+    def round_(n: int, passed: bool) -> Round:
+        return Round(n=n, p50_s=1.0, p95_s=1.2 if passed else 9.0, utterances=10 * n, dropped_s=0.0, errors=0,
+                     peak_rss_mib=600.0, mean_batch=1.0, cpu_per_audio_s=0.18, compute_p95_s=0.5, load_avg=1.0,
+                     passed=passed, first_errors=[])
+
+    assert table([round_(1, True), round_(4, True), round_(8, False)]).endswith("capacity: 4 live streams")
+    assert table([round_(12, False), round_(16, False)]).endswith("capacity: fewer than 12 live streams (no round passed)")
