@@ -56,7 +56,7 @@ def test_ray_gives_the_single_process_results_in_order(ray, one_thread, tmp_path
     assert [r.path for r in on_ray] == [str(f) for f in files] and sorted(seen) == sorted(map(str, files))
     labels = cfg.labels.names
     assert to_csv([u for r in on_ray for u in r.utterances], labels) == to_csv([u for r in here for u in r.utterances], labels)
-    assert [u.label for r in on_ray for u in r.utterances] == ["anger", "surprise"]
+    assert [len(r.utterances) for r in on_ray] == [1, 1, 0]
     assert on_ray[2].error is not None and on_ray[2].error == here[2].error.replace(str(files[2]), str(files[2].resolve()))
 
 

@@ -65,7 +65,7 @@ def test_the_installed_wheel_runs_from_any_folder_on_its_packaged_defaults(insta
     package = Path(lines[0]).parent
     assert package.is_relative_to(installed) and not package.is_relative_to(PROJECT_ROOT)
     assert [Path(p) for p in lines[1:]] == [package / "defaults" / name for name in (
-        "config.toml", "models/fdrl-default.safetensors", "models/face-minixception.pt", "models/minilm-goemotions.safetensors")]
+        "config.toml", "models/fdrl-default.safetensors", "models/face-minixception.pt", "models/minilm-dialogue.safetensors")]
     missing = [name for name in checkout_files() if name.endswith(".py") and name.split("/")[0] in ("fdrl", "stream")
                and not (package.parent / name).is_file()]
     assert missing == [], "not in the wheel: list their packages in pyproject.toml [tool.setuptools] packages"
