@@ -217,6 +217,12 @@ class Vad(Section):
     max_utterance_ms: int = span(1000, 30_000)  # Whisper encodes at most a 30-s window
     speech_ratio: float = span(0.01, 1.0)
     tail_ms: int = span(0, 10_000)
+    early_ms: int = span(0, 10_000)       # 0 = off; a value not below hangover_ms is off too
+
+    def crop(self) -> dict[str, object]:
+        """The settings that decide what a segment holds (cache keys of cropped clips): all but
+        `early_ms`, which only decides when the work on a segment starts."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "early_ms"}
 
     def rules(self) -> list[str]:
         problems = []

@@ -208,7 +208,7 @@ class FeatureExtractor:
         """Whisper frames (every stride-th) of the VAD-cropped speech, plus the transcript and word
         times for items without their own text."""
         identity = json.dumps({"whisper": self.encoder_ids["whisper"], "stride": self.recipe.stride,
-                               "vad_crop": dataclasses.asdict(self.vad)}, sort_keys=True)
+                               "vad_crop": self.vad.crop()}, sort_keys=True)
 
         def key(i: int) -> str:
             return _clip_key(identity, items[i], items[i].audio, "asr" if items[i].text is None else "")
@@ -252,7 +252,7 @@ class FeatureExtractor:
 
     def _score_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
         """The ASR gate's scores (`fdrl.asr_gate.scores`) of clips whose audio part predates them."""
-        identity = json.dumps({"whisper": self.encoder_ids["whisper"], "vad_crop": dataclasses.asdict(self.vad),
+        identity = json.dumps({"whisper": self.encoder_ids["whisper"], "vad_crop": self.vad.crop(),
                                "asr_scores": 1}, sort_keys=True)
         return self._cached(
             "asr_scores", len(items), lambda i: _clip_key(identity, items[i], items[i].audio),
@@ -262,7 +262,7 @@ class FeatureExtractor:
     def _prosody_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
         """Prosody rows of the same VAD-cropped speech, on the audio frames' grid (kept apart from
         Whisper's part, so switching `encoders.prosody` never re-runs Whisper)."""
-        identity = json.dumps({"prosody": PROSODY_ID, "stride": self.recipe.stride, "vad_crop": dataclasses.asdict(self.vad)},
+        identity = json.dumps({"prosody": PROSODY_ID, "stride": self.recipe.stride, "vad_crop": self.vad.crop()},
                               sort_keys=True)
         return self._cached(
             "prosody", len(items), lambda i: _clip_key(identity, items[i], items[i].audio),

@@ -12,6 +12,10 @@ The rules, per frame of `frame_ms`:
 * Speaking. After `hangover_ms` of consecutive unvoiced frames the segment closes. Its end is the
   last voiced frame plus `tail_ms` (none by default, as in the training clips, which the same
   segmenter crops); the rest of the hangover is only waiting and is left out.
+* Pausing. With `early_ms` set (below `hangover_ms`), the first `early_ms` of a silence yields a `SegmentPause` holding
+  exactly the audio the segment would close with if the silence lasts: the streaming pipeline
+  starts the expensive work then, and the `Segment` that follows with the same samples finds it
+  done. Speech that resumes only wastes that work; it never changes a segment.
 * Segments whose voiced span (first voiced frame to last voiced frame, padding not counted) is
   shorter than `min_utterance_ms` are discarded (clicks, coughs) and counted in `discarded`.
 * A segment reaching `max_utterance_ms` is cut there (`forced_split=True`) and a new one continues
@@ -55,6 +59,15 @@ class Segment:
         return self.end - self.start
 
 
+@dataclass(frozen=True, eq=False)
+class SegmentPause:
+    """`early_ms` of silence in an open segment: `audio` is what it will close with if no speech resumes."""
+
+    start: float
+    end: float
+    audio: np.ndarray
+
+
 @dataclass(frozen=True)
 class SegmentDiscarded:
     """The open segment closed with too little speech (see `min_utterance_ms`); no `Segment` follows."""
@@ -63,7 +76,7 @@ class SegmentDiscarded:
     end: float
 
 
-SegmentEvent = Union[SegmentStart, Segment, SegmentDiscarded]
+SegmentEvent = Union[SegmentStart, SegmentPause, Segment, SegmentDiscarded]
 
 
 def level_db(chunk: np.ndarray) -> float:
@@ -114,6 +127,8 @@ class Segmenter:
         self._preroll = frames(options.preroll_ms)
         self._hangover = frames(options.hangover_ms)
         self._tail = min(frames(options.tail_ms), self._hangover)
+        # A pause is only news before the hangover ends: early_ms >= hangover_ms means no pauses.
+        self._early = frames(options.early_ms) if 0 < frames(options.early_ms) < self._hangover else 0
         self._min_voiced = frames(options.min_utterance_ms)
         self._max_frames = options.max_utterance_ms // options.frame_ms
 
@@ -124,6 +139,7 @@ class Segmenter:
         self._segment: list[_Frame] | None = None  # frames of the open segment, None when idle
         self._first_voiced = 0
         self._last_voiced = 0
+        self._paused = False                       # this silence has yielded its SegmentPause
 
     @property
     def speaking(self) -> bool:
@@ -181,7 +197,9 @@ class Segmenter:
         self._segment.append(frame)
         if frame.voiced:
             self._last_voiced = frame.index
-        if frame.index - self._last_voiced >= self._hangover:
+            self._paused = False
+        silence = frame.index - self._last_voiced
+        if silence >= self._hangover:
             yield self._close(frame.index + 1)
         elif len(self._segment) >= self._max_frames:
             start = self._segment[0].index
@@ -190,17 +208,29 @@ class Segmenter:
             self._segment = []
             self._first_voiced = frame.index + 1
             yield SegmentStart(self._time(frame.index + 1))
+        elif self._early and silence >= self._early and not self._paused and self._long_enough():
+            self._paused = True
+            start, end, kept = self._cut(frame.index + 1)
+            yield SegmentPause(self._time(start), self._time(end), self._audio(kept))
+
+    def _long_enough(self) -> bool:
+        return self._last_voiced + 1 - self._first_voiced >= self._min_voiced
+
+    def _cut(self, stop: int) -> tuple[int, int, list[_Frame]]:
+        """(start, end, frames) the open segment holds if it closes given frames up to `stop` (exclusive)."""
+        assert self._segment is not None
+        start = self._segment[0].index if self._segment else self._first_voiced
+        end = max(start, min(self._last_voiced + 1 + self._tail, stop))
+        return start, end, [f for f in self._segment if f.index < end]
 
     def _close(self, stop: int) -> SegmentEvent:
         """Close the open segment given frames up to `stop` (exclusive) were seen; back to idle."""
         assert self._segment is not None
-        start = self._segment[0].index if self._segment else self._first_voiced
-        end = max(start, min(self._last_voiced + 1 + self._tail, stop))
-        kept = [f for f in self._segment if f.index < end]
+        start, end, kept = self._cut(stop)
         # Frames past the tail are silence; they stay in history as pre-roll for the next segment.
         self._history.extend(f for f in self._segment if f.index >= end)
         self._segment = None
-        if self._last_voiced + 1 - self._first_voiced < self._min_voiced:
+        if not self._long_enough():
             self.discarded += 1
             return SegmentDiscarded(self._time(start), self._time(end))
         return Segment(self._time(start), self._time(end), self._audio(kept), False)

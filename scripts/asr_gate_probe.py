@@ -8,6 +8,7 @@ separates the English corpora (RAVDESS, TESS: text should be kept) from the Ital
 text should be dropped).
 
     .venv/bin/python scripts/asr_gate_probe.py ../shared/data --per-corpus 100 --out runs/asr_signals.jsonl
+    .venv/bin/python scripts/asr_gate_probe.py ../shared/data --set asr.beam_size=1 --out runs/asr_signals-beam1.jsonl
 """
 from __future__ import annotations
 
@@ -32,11 +33,12 @@ def main() -> None:
     ap.add_argument("--per-corpus", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, required=True, help="JSONL: one line of signals per clip")
+    ap.add_argument("--set", action="append", default=[], help="config override section.key=value (e.g. asr.beam_size=5)")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     corpora = {"ravdess": load_ravdess(args.data / "ravdess"), "tess": load_tess(args.data / "tess"),
                "emovo": load_emovo(args.data / "emovo")}
-    extractor = FeatureExtractor(config.load(), "cpu", cache=False)
+    extractor = FeatureExtractor(config.load(overrides=args.set), "cpu", cache=False)
     rows = []
     for name, items in corpora.items():
         for it in rng.sample(items, min(args.per_corpus, len(items))):

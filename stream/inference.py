@@ -9,6 +9,11 @@ most `runtime.max_wait_ms` for company, and runs the batch on its single compute
 3. one batched MiniLM call for the transcripts → FDRL on audio + text (+ face features when the
    checkpoint has a vision branch) → late fusion with the face posterior → *final* labels.
 
+A request marked `early` (the VAD heard a pause, not yet the end: `fdrl.vad.SegmentPause`) runs
+steps 1-2 only, after the batch's other requests, and leaves its frames and transcript in
+`Engine.ahead`; the final request for the same samples then starts at step 3. Nothing else is
+kept or published for it, so an early pass whose speech went on changes no state.
+
 A GPU that runs out of memory mid-batch is not a lost utterance: the engine moves to the CPU for
 good, notes it in `Engine.fallbacks` (the pipeline turns each note into a `Fallback` event) and
 runs the same batch again there.
@@ -16,8 +21,9 @@ runs the same batch again there.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +65,44 @@ class Request:
     final: asyncio.Future = None             # type: ignore[assignment]
     submitted: float = 0.0                   # perf_counter when queued
     queue_s: float = 0.0                     # time spent waiting for the worker
+    early: bool = False                      # encode and transcribe ahead of the segment's end; publish nothing
+
+
+@dataclass
+class Prepared:
+    """An early pass's work: the encoder frames and transcript of one segment's samples."""
+
+    frames: np.ndarray
+    transcript: Transcript
+    seconds: float                           # what the early pass cost (its batch's encode + its decode)
+
+
+class Ahead:
+    """Early passes by their samples, oldest dropped first: bounded, so passes whose speech went on
+    (never claimed) cannot pile up. Used from the compute thread only."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._items: OrderedDict[bytes, Prepared] = OrderedDict()
+        self.stored = self.claimed = 0           # early passes done, and those a final used (the rest was spent on speech that went on)
+
+    @staticmethod
+    def key(audio: np.ndarray) -> bytes:
+        return hashlib.blake2b(np.ascontiguousarray(audio, np.float32).tobytes(), digest_size=16).digest()
+
+    def put(self, audio: np.ndarray, prepared: Prepared) -> None:
+        self._items[self.key(audio)] = prepared
+        self.stored += 1
+        while len(self._items) > self.size:
+            self._items.popitem(last=False)
+
+    def take(self, audio: np.ndarray) -> Prepared | None:
+        prepared = self._items.pop(self.key(audio), None)
+        self.claimed += prepared is not None
+        return prepared
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class Engine:
@@ -74,6 +118,7 @@ class Engine:
         self.labels = list(self.ckpt.labels)
         self.recipe = Recipe.from_config(cfg)
         self.gate = asr_gate.Gate.from_config(cfg)
+        self.ahead = Ahead(4 * cfg.runtime.max_batch)
         self._load_encoders()
 
     def _load_encoders(self) -> None:
@@ -134,17 +179,40 @@ class Engine:
         Out of GPU memory, the batch runs again on the CPU. Results it had already published stand:
         a future is settled once, so the retry's copies of them are ignored.
         """
+        final = [r for r in batch if not r.early]
         try:
-            self._run_batch(batch, publish)
+            if final:
+                self._run_batch(final, publish)
         except Exception as e:
             if self.device == "cpu" or not is_out_of_memory(e):
                 raise
             self.to_cpu(f"the GPU ran out of memory ({type(e).__name__})")
-            self._run_batch(batch, publish)
+            self._run_batch(final, publish)
+        # An early pass whose segment closed in the meantime (its final is in this batch) has nothing left to do.
+        closed = {Ahead.key(r.audio) for r in final}
+        self.prepare([r for r in batch if r.early and Ahead.key(r.audio) not in closed])
+
+    def prepare(self, early: list[Request]) -> None:
+        """Steps 1-2 for early requests, kept in `ahead`. A failure is dropped: the final pass over
+        the same samples does the work again and reports what goes wrong."""
+        if not early:
+            return
+        try:
+            t0 = time.perf_counter()
+            encoded = self.encode(early)
+            t_enc = (time.perf_counter() - t0) / len(early)
+            for r, (frames, window) in zip(early, encoded):
+                t1 = time.perf_counter()
+                transcript = self.transcribe(r.audio, window)
+                self.ahead.put(r.audio, Prepared(frames, transcript, t_enc + time.perf_counter() - t1))
+        except Exception:
+            return
 
     def _run_batch(self, batch: list[Request], publish) -> None:
         t0 = time.perf_counter()
-        encoded = self.encode(batch)
+        ready = [self.ahead.take(r.audio) for r in batch]  # samples an early pass has already done
+        fresh = iter(self.encode([r for r, p in zip(batch, ready) if p is None]))
+        encoded = [(p.frames, None) if p is not None else next(fresh) for p in ready]
         audio = self.audio_frames(batch, encoded)
         t_enc = time.perf_counter() - t0
         with_vision = "vision" in self.ckpt.dims
@@ -160,9 +228,9 @@ class Engine:
             publish(r.provisional, Result(label, scores, _modalities(s), timings={"encode": t_enc, "model": t_model}))
         transcripts: list[Transcript | None] = []
         t2 = time.perf_counter()
-        for r, (_, window) in zip(batch, encoded):
+        for r, (_, window), p in zip(batch, encoded, ready):
             try:
-                transcripts.append(self.transcribe(r.audio, window))
+                transcripts.append(p.transcript if p is not None else self.transcribe(r.audio, window))
             except Exception as e:  # one utterance that fails to decode fails alone, not its batch-mates
                 if is_out_of_memory(e):
                     raise  # not this utterance's fault: the whole batch goes again on the CPU
@@ -195,6 +263,8 @@ class Engine:
                 continue
             label, scores = self.scores(p)
             timings = {"encode": t_enc, "asr": t_asr, "model": t_model, "batch": float(len(batch))}
+            if ready[i] is not None:
+                timings["early"] = ready[i].seconds  # done during the hangover, before the segment closed
             publish(r.final, Result(label, scores, _modalities(s), tr.text, speech=voice[i], timings=timings,
                                     text_dropped=dropped[i]))
             if r.history is not None and dropped[i] is None:  # what later turns read as context: words that counted
@@ -286,6 +356,8 @@ class InferenceWorker:
                 await loop.run_in_executor(self._executor, self.engine.run_batch, batch, publish)
             except Exception as e:  # a failed batch fails its utterances, not the worker
                 for r in batch:
+                    if r.early:  # nobody waits for an early pass
+                        continue
                     publish(r.provisional, e)
                     publish(r.final, e)
             self.batches += 1

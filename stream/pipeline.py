@@ -40,7 +40,7 @@ from fdrl.config import Config
 from fdrl.inputs import face_input
 from fdrl.labels import CANONICAL
 from fdrl.speaker import RunningSpeaker
-from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, level_db
+from fdrl.vad import Segment, SegmentDiscarded, SegmentPause, Segmenter, SegmentStart, level_db
 from stream.events import Error, Event, FaceUpdate, Fallback, Level, SpeechDiscarded, SpeechStarted, Stats, Utterance
 from stream.inference import Engine, InferenceWorker, Request, Result
 from stream.sources import AudioChunk, SourceLost, VideoFrame
@@ -304,11 +304,21 @@ class _Run:
             request = asyncio.create_task(self.submit(ev))
             await self.jobs.put(_Job(index, ev, time.perf_counter(), request))
             return index + 1
+        elif isinstance(ev, SegmentPause):
+            await self.start_early(ev)
         elif isinstance(ev, SegmentDiscarded):  # too short to be an utterance: the speech it opened ends here
             self.open_start = None
             self.counters.discarded += 1
             await self.put(SpeechDiscarded(self.stream, round(ev.start, 3), round(ev.end, 3), "too_short"))
         return index
+
+    async def start_early(self, pause: SegmentPause) -> None:
+        """Live, with the worker idle: Whisper starts on the segment at its first pause, so if the
+        speaker has finished, the final label is nearly ready when the hangover closes the segment.
+        Replay never starts early (its results would not change, only its compute grow), nor does a
+        busy worker (other streams' finals come first)."""
+        if self.live and self.rec.worker.queue_depth() == 0:
+            await self.rec.worker.submit(Request(pause.audio, early=True))
 
     def face_horizon(self) -> float:
         """Stream time before which no segment, open, queued or yet to come, needs face results."""

@@ -177,6 +177,22 @@ def test_fast_replay_is_deterministic(replays):
     assert key(replays["three"]) == key(replays["three again"])
 
 
+def test_live_work_started_at_the_first_pause_gives_the_replay_labels(media, replays, tiny_checkpoint, tmp_path):
+    """Live, Whisper starts on a segment at its first pause (`vad.early_ms`), so the final label is
+    nearly ready when the hangover ends; the labels, scores and words are those of a replay, which
+    never starts early. Speech that resumed after a pause is covered in test_vad and test_speaker."""
+    cfg = make_config(tmp_path, "vad.early_ms=200")
+
+    async def main() -> list[Event]:
+        async with Recognizer(cfg, tiny_checkpoint, face=False) as rec:
+            return [e async for e in rec.run(FileSource(media["three"].path, pace="realtime"), live=True)]
+
+    live = finals(run(main()))
+    assert [(u.text, u.label, u.scores) for u in live] == [(u.text, u.label, u.scores) for u in finals(replays["three"])]
+    assert sum("early" in u.timings for u in live) >= 2, [u.timings for u in live]  # one may miss on a loaded machine
+    assert all(u.timings["end_to_label"] > 0 for u in live)
+
+
 def test_audio_only_replay_longer_than_the_queues(media, tiny_checkpoint, tmp_path):
     """12 segments through a 2-deep job queue: replay must not wait for face results that never come."""
     speech = media["long"]

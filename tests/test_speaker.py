@@ -117,6 +117,35 @@ def test_a_final_label_does_not_depend_on_how_the_worker_batched(mini_corpus, ti
         np.testing.assert_allclose(x, y, atol=1e-5)
 
 
+def test_an_early_pass_changes_nothing_until_its_final_claims_it(mini_corpus, tiny_checkpoint):
+    """The worker's early pass (a pause, not yet the end) publishes nothing and touches neither the
+    speaker's statistics nor the context; the final for the same samples reuses its frames and
+    transcript and gives exactly the result of a plain pass. A pass whose speech went on stays unclaimed."""
+    from collections import deque
+
+    from fdrl import config
+    from fdrl.audio import decode_audio
+    from stream.inference import Engine, Request
+
+    engine = Engine(config.load(), tiny_checkpoint, device="cpu")
+    clip = decode_audio(mini_corpus / "en-us-0.wav")
+
+    def final(request: Request):
+        out = []
+        engine.run_batch([request], lambda future, result: out.append(result))
+        return out
+
+    plain = final(Request(clip, speaker=RunningSpeaker(), history=deque(maxlen=2)))[-1]
+    speaker, history = RunningSpeaker(), deque(maxlen=2)
+    assert final(Request(clip, speaker=speaker, history=history, early=True)) == []
+    assert final(Request(clip[:-800], speaker=speaker, history=history, early=True)) == []  # speech went on
+    assert speaker.heard is None and not history and len(engine.ahead) == 2
+    claimed = final(Request(clip, speaker=speaker, history=history))[-1]
+    assert (claimed.label, claimed.scores, claimed.text) == (plain.label, plain.scores, plain.text)
+    assert "early" in claimed.timings and "early" not in plain.timings
+    assert speaker.heard is not None and list(history) == [plain.text] and len(engine.ahead) == 1
+
+
 def test_round_trip_through_a_dict():
     norm = SpeakerNorm(Moments.of(frames(50, 1.0)), prior_frames=123)
     again = SpeakerNorm.from_dict(norm.to_dict())

@@ -19,7 +19,7 @@ from fdrl.audio import SAMPLE_RATE, decode_audio
 from fdrl.config import load
 from fdrl.errors import UserError
 from fdrl.config import Vad
-from fdrl.vad import Segment, SegmentDiscarded, Segmenter, SegmentStart, level_db
+from fdrl.vad import Segment, SegmentDiscarded, SegmentPause, Segmenter, SegmentStart, level_db
 
 FRAME = 480  # 30 ms at 16 kHz
 
@@ -30,8 +30,9 @@ def pattern(spec: str) -> np.ndarray:
 
 
 def vad_options(**changes) -> Vad:
-    """config.toml's `[vad]`, with a 200 ms tail (the scripted patterns below count it) and `changes`."""
-    return dataclasses.replace(load().vad, **{"tail_ms": 200, **changes})
+    """config.toml's `[vad]`, with a 200 ms tail (the scripted patterns below count it), no early
+    pauses (their own tests below turn them on) and `changes`."""
+    return dataclasses.replace(load().vad, **{"tail_ms": 200, "early_ms": 0, **changes})
 
 
 def scripted(pcm: bytes) -> bool:
@@ -55,6 +56,8 @@ def summary(events: list) -> list[tuple]:
             out.append(("segment", round(e.start, 6), round(e.end, 6), e.forced_split, len(e.audio)))
         elif isinstance(e, SegmentDiscarded):
             out.append(("discarded", round(e.start, 6), round(e.end, 6)))
+        elif isinstance(e, SegmentPause):
+            out.append(("pause", round(e.start, 6), round(e.end, 6), len(e.audio)))
         else:
             out.append(("start", round(e.start, 6)))
     return out
@@ -112,6 +115,36 @@ def test_pause_of_hangover_splits_into_contiguous_segments():
     events, _ = run(pattern("0" * 20 + "1" * 30 + "0" * 17 + "1" * 30 + "0" * 40))
     assert summary(events) == [("start", 0.30), ("segment", 0.30, 1.71, False, 47 * FRAME),
                                ("start", 1.71), ("segment", 1.71, round(104 * 0.03, 6), False, 47 * FRAME)]
+
+
+def test_a_pause_holds_the_samples_the_segment_closes_with():
+    # early_ms 200 = 7 frames of silence: the pause comes on frame 56, the close on frame 66.
+    audio = pattern("0" * 20 + "1" * 30 + "0" * 40)
+    seg = Segmenter(vad_options(tail_ms=0, early_ms=200), is_speech=scripted)
+    assert [type(e) for e in seg.feed(audio[:56 * FRAME])] == [SegmentStart]
+    (pause,) = seg.feed(audio[56 * FRAME:57 * FRAME])
+    assert isinstance(pause, SegmentPause) and seg.speaking
+    assert list(seg.feed(audio[57 * FRAME:66 * FRAME])) == []   # one pause per silence
+    (closed,) = seg.feed(audio[66 * FRAME:67 * FRAME])
+    assert isinstance(closed, Segment) and (pause.start, pause.end) == (closed.start, closed.end)
+    np.testing.assert_array_equal(pause.audio, closed.audio)
+
+
+def test_speech_that_resumes_after_a_pause_changes_nothing_but_the_pauses():
+    audio = pattern("0" * 20 + "1" * 30 + "0" * 10 + "1" * 30 + "0" * 40)
+    plain, _ = run(audio, vad_options(tail_ms=0))
+    early, _ = run(audio, vad_options(tail_ms=0, early_ms=200))
+    assert [e for e in summary(early) if e[0] != "pause"] == summary(plain)
+    assert summary(early)[1:] == [("pause", 0.30, 1.50, 40 * FRAME), ("pause", 0.30, 2.70, 80 * FRAME),
+                                  ("segment", 0.30, 2.70, False, 80 * FRAME)]
+
+
+def test_no_pause_for_speech_too_short_to_keep_nor_with_early_off():
+    events, _ = run(pattern("0" * 20 + "1" * 13 + "0" * 40), vad_options(early_ms=200))
+    assert [type(e) for e in events] == [SegmentStart, SegmentDiscarded]
+    for off in (vad_options(early_ms=0), vad_options(early_ms=500), vad_options(early_ms=600, hangover_ms=300)):
+        events, _ = run(pattern("0" * 20 + "1" * 30 + "0" * 40), off)  # none, or none before the hangover ends
+        assert not any(isinstance(e, SegmentPause) for e in events)
 
 
 def test_max_length_splits_and_continues():
@@ -285,3 +318,9 @@ def test_speech_span_crops_a_clip_like_the_live_segmenter(tmp_path):
     assert 0.5 * SAMPLE_RATE < start < SAMPLE_RATE + len(speech) // 4   # near the speech onset, pre-roll included
     assert SAMPLE_RATE + len(speech) // 2 < end < 1.5 * SAMPLE_RATE + len(speech)
     assert speech_span(silence, options) is None
+
+
+def test_early_ms_is_not_part_of_the_crop_so_cached_features_stay_valid():
+    """When work starts does not change what a segment holds: the training crop's cache key ignores it."""
+    assert vad_options(early_ms=0).crop() == vad_options(early_ms=250).crop()
+    assert "early_ms" not in vad_options().crop() and "hangover_ms" in vad_options().crop()
