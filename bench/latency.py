@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -172,12 +173,10 @@ async def replay(rec: Recognizer, spoken: SpokenFile) -> list[Utterance]:
 
 
 async def measure(variants: Sequence[str], files: Sequence[SpokenFile], rounds: int, checkpoint: Path | None) -> list[Run]:
-    recognizers = [Recognizer(config.load(overrides=[s for s in v.split(",") if s]), checkpoint, face=False)
-                   for v in variants]
     runs = []
-    try:
-        for rec in recognizers:
-            await rec.__aenter__()
+    async with contextlib.AsyncExitStack() as stack:
+        recognizers = [await stack.enter_async_context(Recognizer(config.load(overrides=[s for s in v.split(",") if s]),
+                                                                  checkpoint, face=False)) for v in variants]
         for k in range(rounds):
             for spoken in files:
                 for v, rec in zip(variants, recognizers):
@@ -186,9 +185,6 @@ async def measure(variants: Sequence[str], files: Sequence[SpokenFile], rounds: 
                     finals = await replay(rec, spoken)
                     runs.append(Run(v, spoken.name, k, score(finals, spoken.spans, spoken.sentences),
                                     rec.engine.ahead.stored - done))  # type: ignore[union-attr]
-    finally:
-        for rec in recognizers:
-            await rec.__aexit__(None, None, None)
     return runs
 
 

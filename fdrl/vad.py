@@ -128,7 +128,8 @@ class Segmenter:
         self._hangover = frames(options.hangover_ms)
         self._tail = min(frames(options.tail_ms), self._hangover)
         # A pause is only news before the hangover ends: early_ms >= hangover_ms means no pauses.
-        self._early = frames(options.early_ms) if 0 < frames(options.early_ms) < self._hangover else 0
+        early = frames(options.early_ms)
+        self._early = early if early < self._hangover else 0
         self._min_voiced = frames(options.min_utterance_ms)
         self._max_frames = options.max_utterance_ms // options.frame_ms
 

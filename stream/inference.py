@@ -21,6 +21,7 @@ runs the same batch again there.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import time
 from collections import OrderedDict, deque
@@ -67,6 +68,11 @@ class Request:
     queue_s: float = 0.0                     # time spent waiting for the worker
     early: bool = False                      # encode and transcribe ahead of the segment's end; publish nothing
 
+    @functools.cached_property
+    def samples_key(self) -> bytes:
+        """Identity of the samples: an early pass and the final over the same samples share it."""
+        return hashlib.blake2b(np.ascontiguousarray(self.audio, np.float32).tobytes(), digest_size=16).digest()
+
 
 @dataclass
 class Prepared:
@@ -86,18 +92,15 @@ class Ahead:
         self._items: OrderedDict[bytes, Prepared] = OrderedDict()
         self.stored = self.claimed = 0           # early passes done, and those a final used (the rest was spent on speech that went on)
 
-    @staticmethod
-    def key(audio: np.ndarray) -> bytes:
-        return hashlib.blake2b(np.ascontiguousarray(audio, np.float32).tobytes(), digest_size=16).digest()
-
-    def put(self, audio: np.ndarray, prepared: Prepared) -> None:
-        self._items[self.key(audio)] = prepared
+    def put(self, request: Request, prepared: Prepared) -> None:
+        self._items[request.samples_key] = prepared
         self.stored += 1
         while len(self._items) > self.size:
             self._items.popitem(last=False)
 
-    def take(self, audio: np.ndarray) -> Prepared | None:
-        prepared = self._items.pop(self.key(audio), None)
+    def take(self, request: Request) -> Prepared | None:
+        """The early pass over the request's samples, if any (nothing is hashed while none is kept: replay)."""
+        prepared = self._items.pop(request.samples_key, None) if self._items else None
         self.claimed += prepared is not None
         return prepared
 
@@ -188,9 +191,11 @@ class Engine:
                 raise
             self.to_cpu(f"the GPU ran out of memory ({type(e).__name__})")
             self._run_batch(final, publish)
-        # An early pass whose segment closed in the meantime (its final is in this batch) has nothing left to do.
-        closed = {Ahead.key(r.audio) for r in final}
-        self.prepare([r for r in batch if r.early and Ahead.key(r.audio) not in closed])
+        early = [r for r in batch if r.early]
+        if early:
+            # An early pass whose segment closed in the meantime (its final is in this batch) has nothing left to do.
+            closed = {r.samples_key for r in final}
+            self.prepare([r for r in early if r.samples_key not in closed])
 
     def prepare(self, early: list[Request]) -> None:
         """Steps 1-2 for early requests, kept in `ahead`. A failure is dropped: the final pass over
@@ -204,13 +209,13 @@ class Engine:
             for r, (frames, window) in zip(early, encoded):
                 t1 = time.perf_counter()
                 transcript = self.transcribe(r.audio, window)
-                self.ahead.put(r.audio, Prepared(frames, transcript, t_enc + time.perf_counter() - t1))
+                self.ahead.put(r, Prepared(frames, transcript, t_enc + time.perf_counter() - t1))
         except Exception:
             return
 
     def _run_batch(self, batch: list[Request], publish) -> None:
         t0 = time.perf_counter()
-        ready = [self.ahead.take(r.audio) for r in batch]  # samples an early pass has already done
+        ready = [self.ahead.take(r) for r in batch]  # samples an early pass has already done
         fresh = iter(self.encode([r for r, p in zip(batch, ready) if p is None]))
         encoded = [(p.frames, None) if p is not None else next(fresh) for p in ready]
         audio = self.audio_frames(batch, encoded)
