@@ -6,7 +6,7 @@ encoded by the torch port of Whisper's encoder (fdrl/whisper_encoder.py) two way
 (unpadded); every layer's frames are pooled (mean and standard deviation per dimension) and
 standardized by the clip's speaker (all their clips). A class-balanced logistic regression trained
 on two corpora is scored (UAR) on the third. Pooled features are kept in `--cache`, so a second run
-only fits. About 15 minutes on one core for `--tess 700` (TESS subsampled, seeded):
+only fits. About 17 minutes on one core for `--tess 700` (TESS subsampled, seeded):
 
     .venv/bin/python scripts/layer_probe.py ../shared/data --tess 700 --cache runs/layers.npz
 """
