@@ -23,6 +23,15 @@ from torch.nn import functional as F
 
 # CTranslate2's DataType enum, for the storage types a converted Whisper uses.
 _DTYPES = {0: np.float32, 1: np.int8, 2: np.int16, 3: np.int32, 4: np.float16}
+# A `Block`'s parameters and their names inside each `encoder/layer_N/` of a CTranslate2 model.
+_BLOCK_NAMES = {
+    "attn_ln.weight": "self_attention/layer_norm/gamma", "attn_ln.bias": "self_attention/layer_norm/beta",
+    "qkv.weight": "self_attention/linear_0/weight", "qkv.bias": "self_attention/linear_0/bias",
+    "out.weight": "self_attention/linear_1/weight", "out.bias": "self_attention/linear_1/bias",
+    "mlp_ln.weight": "ffn/layer_norm/gamma", "mlp_ln.bias": "ffn/layer_norm/beta",
+    "mlp.0.weight": "ffn/linear_0/weight", "mlp.0.bias": "ffn/linear_0/bias",
+    "mlp.2.weight": "ffn/linear_1/weight", "mlp.2.bias": "ffn/linear_1/bias",
+}
 
 
 class CT2Reader:
@@ -96,20 +105,7 @@ class WhisperEncoder(nn.Module):
                  "conv2.weight": "encoder/conv2/weight", "conv2.bias": "encoder/conv2/bias",
                  "positions": "encoder/position_encodings/encodings",
                  "ln_post.weight": "encoder/layer_norm/gamma", "ln_post.bias": "encoder/layer_norm/beta"}
-        for i in range(layers):
-            ct2 = f"encoder/layer_{i}"
-            names |= {f"blocks.{i}.attn_ln.weight": f"{ct2}/self_attention/layer_norm/gamma",
-                      f"blocks.{i}.attn_ln.bias": f"{ct2}/self_attention/layer_norm/beta",
-                      f"blocks.{i}.qkv.weight": f"{ct2}/self_attention/linear_0/weight",
-                      f"blocks.{i}.qkv.bias": f"{ct2}/self_attention/linear_0/bias",
-                      f"blocks.{i}.out.weight": f"{ct2}/self_attention/linear_1/weight",
-                      f"blocks.{i}.out.bias": f"{ct2}/self_attention/linear_1/bias",
-                      f"blocks.{i}.mlp_ln.weight": f"{ct2}/ffn/layer_norm/gamma",
-                      f"blocks.{i}.mlp_ln.bias": f"{ct2}/ffn/layer_norm/beta",
-                      f"blocks.{i}.mlp.0.weight": f"{ct2}/ffn/linear_0/weight",
-                      f"blocks.{i}.mlp.0.bias": f"{ct2}/ffn/linear_0/bias",
-                      f"blocks.{i}.mlp.2.weight": f"{ct2}/ffn/linear_1/weight",
-                      f"blocks.{i}.mlp.2.bias": f"{ct2}/ffn/linear_1/bias"}
+        names |= {f"blocks.{i}.{ours}": f"encoder/layer_{i}/{theirs}" for i in range(layers) for ours, theirs in _BLOCK_NAMES.items()}
         model.load_state_dict({k: torch.from_numpy(v[n].astype(np.float32)) for k, n in names.items()})
         return model.eval()
 

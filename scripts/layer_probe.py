@@ -22,10 +22,10 @@ import torch
 from fdrl import config, data
 from fdrl.features import FeatureExtractor
 from fdrl.skips import SkipLog
-from fdrl.whisper import _windows
+from fdrl.whisper import SAMPLES_PER_FRAME, _windows
 from fdrl.whisper_encoder import WhisperEncoder
 
-from speaker_probe import probe_uar  # noqa: E402  (scripts/ is on sys.path when run as a script)
+from speaker_probe import pooled, probe_uar  # scripts/ is on sys.path when run as a script
 
 
 def pooled_layers(extractor: FeatureExtractor, encoder: WhisperEncoder, items: list[data.Item]) -> dict[str, np.ndarray]:
@@ -35,12 +35,11 @@ def pooled_layers(extractor: FeatureExtractor, encoder: WhisperEncoder, items: l
     for i, item in enumerate(items):
         audio = extractor.speech(item)
         mel = whisper._features(audio)
-        n = max(1, audio.size // 320)
+        n = max(1, audio.size // SAMPLES_PER_FRAME)
         with torch.no_grad():
             for mode, window in (("padded", _windows(mel, audio.size)[0]), ("unpadded", mel[:, :2 * n])):
                 states = encoder(torch.from_numpy(np.ascontiguousarray(window))[None])
-                frames = [s[0, :n].numpy() for s in states]
-                out[mode].append(np.stack([np.concatenate([f.mean(0), f.std(0)]) for f in frames]))
+                out[mode].append(pooled([s[0, :n].numpy() for s in states]))
         if i % 200 == 0:
             logging.info("encoded %d / %d", i, len(items))
     return {k: np.stack(v) for k, v in out.items()}
