@@ -107,6 +107,7 @@ class Encoders(Section):
     whisper_compute_type: str
     whisper_compute_type_cuda: str
     whisper_threads: int = span(0, 256)          # 0 = one per core
+    whisper_layer: int = span(0, 32)             # 0 = the last block's states after LayerNorm (CTranslate2's output)
     audio_frame_stride: int = span(1, 50)
     prosody: bool
     text_model: str

@@ -131,7 +131,8 @@ def encoder_ids(cfg: Config) -> dict[str, object]:
     from fdrl.text import tuned_id, tuned_path
     e = cfg.encoders
     context = f":context{e.text_context_turns}" if e.text_context_turns else ""
-    return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}",
+    layer = f":layer{e.whisper_layer}" if e.whisper_layer else ""
+    return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}{layer}",
             "text": f"{e.text_model}:{e.text_max_tokens}:{tuned_id(tuned_path(cfg))}{context}",
             "audio_frame_stride": e.audio_frame_stride, "prosody": PROSODY_ID if e.prosody else "off",
             "face": Path(cfg.paths.face_weights).name}

@@ -7,6 +7,13 @@ encoder output to faster-whisper's decoder instead of letting it encode again.
 
 Whisper always encodes a 30-s window (3000 mel frames -> 1500 states, 20 ms apart). An utterance's
 own frames are the first ceil(samples / 320) states; the rest describe padding and are cut off.
+
+The model's frames may come from a lower encoder block (`layer`, config `encoders.whisper_layer`),
+which carries more of the voice than the last one (models/README.md, the layer probe). CTranslate2
+returns the last block only, so then the torch port (`fdrl.whisper_encoder`, the same weights
+unquantized) encodes instead: one pass gives block `layer`'s states for the model and the last
+block's output for CTranslate2's decoder. On the 2-core CPU it was measured faster than
+CTranslate2's int8 encoder, so the lower layer costs no time.
 """
 from __future__ import annotations
 
@@ -20,6 +27,7 @@ from typing import Callable
 
 import ctranslate2
 import numpy as np
+import torch
 from faster_whisper import WhisperModel
 from faster_whisper.audio import pad_or_trim
 from faster_whisper.tokenizer import Tokenizer
@@ -30,6 +38,7 @@ from fdrl import cuda_libs
 from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE
 from fdrl.config import Config
 from fdrl.errors import UserError
+from fdrl.whisper_encoder import WhisperEncoder
 
 SAMPLES_PER_FRAME = 320       # one encoder state per 20 ms at 16 kHz
 WINDOW_SAMPLES = 30 * SAMPLE_RATE
@@ -83,8 +92,10 @@ class Whisper:
         no_speech_threshold: float = 0.6,
         log_prob_threshold: float = -1.0,
         word_timestamps: bool = True,
+        layer: int = 0,
     ) -> None:
         self.path, self.name = _model_folder(model)
+        self.layer = layer
         self.device = device
         self.compute_type = compute_type
         self.no_speech_threshold = no_speech_threshold
@@ -105,6 +116,8 @@ class Whisper:
                                         task="transcribe", language=language)
         except ValueError:
             raise UserError(f"asr.language {language!r} is not a Whisper language code (use e.g. \"en\")") from None
+        if layer:
+            self.port  # a layer the encoder does not have is an error now, not at the first utterance
         self._options = TranscriptionOptions(
             beam_size=beam_size, best_of=1, patience=1.0, length_penalty=1.0, repetition_penalty=1.0,
             no_repeat_ngram_size=0,
@@ -135,7 +148,7 @@ class Whisper:
             compute_type=enc.whisper_compute_type_cuda if device == "cuda" else enc.whisper_compute_type,
             threads=enc.whisper_threads, language=asr.language, beam_size=asr.beam_size,
             no_speech_threshold=asr.no_speech_threshold, log_prob_threshold=asr.log_prob_threshold,
-            word_timestamps=asr.word_timestamps,
+            word_timestamps=asr.word_timestamps, layer=enc.whisper_layer,
         )
 
     @cached_property
@@ -145,7 +158,17 @@ class Whisper:
         with open(self.path / "model.bin", "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        return f"whisper:{self.name}:{self.compute_type}:{digest.hexdigest()}"
+        layer = f":layer{self.layer}" if self.layer else ""
+        return f"whisper:{self.name}:{self.compute_type}:{digest.hexdigest()}{layer}"
+
+    @cached_property
+    def port(self) -> WhisperEncoder:
+        """The torch encoder that gives block `layer`'s states (loaded on first use, on this device)."""
+        port = WhisperEncoder.from_ct2(self.path)
+        if not 1 <= self.layer <= len(port.blocks):
+            raise UserError(f"encoders.whisper_layer = {self.layer}, but {self.name}'s encoder has "
+                            f"{len(port.blocks)} blocks (use 1..{len(port.blocks)}, or 0 for the last block's output)")
+        return port.to(self.device)
 
     # -- the shared pass -------------------------------------------------------------------------
 
@@ -162,7 +185,7 @@ class Whisper:
 
     def encode(self, audios: list[np.ndarray]) -> list[np.ndarray]:
         """Encoder frames [ceil(samples / 320), D] float32 at 50 Hz for each utterance, in one batched pass."""
-        return [frames for _, _, frames, _ in self._encode_utterances(audios)]
+        return [frames for _, _, frames, _ in self._encode_utterances(audios, decode=False)]
 
     def encode_shared(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(frames [T, D], first window's full encoder output [1500, D]) for each utterance, in one batched pass.
@@ -181,29 +204,54 @@ class Whisper:
 
     # -- pieces ----------------------------------------------------------------------------------
 
+    def windows(self, audio: np.ndarray) -> list[np.ndarray]:
+        """The 30-s log-mel windows [n_mels, 3000] the encoder sees for an utterance."""
+        audio = np.asarray(audio, np.float32)
+        return _windows(self._features(audio), audio.size)
+
     def _features(self, audio: np.ndarray) -> np.ndarray:
         """Log-mel spectrogram [n_mels, frames] of the whole utterance, as faster-whisper computes it."""
         return self.model.feature_extractor(np.asarray(audio, np.float32))
 
-    def _encode_utterances(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
-        """(audio, log-mel features, trimmed frames, first window's encoder output) per utterance."""
+    def _encode_utterances(self, audios: list[np.ndarray], decode: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(audio, log-mel features, trimmed frames, first window's encoder output) per utterance.
+
+        The encoder output is the decoder's input; None when `decode` is off and the frames come
+        from the port, which then stops at block `layer`."""
         if not audios:
             return []
         audios = [np.asarray(a, np.float32) for a in audios]
         features = [self._features(a) for a in audios]
-        mels = [_windows(f, a.size) for f, a in zip(features, audios)]
-        states = self._encode([w for m in mels for w in m])
+        mels = [w for f, a in zip(features, audios) for w in _windows(f, a.size)]
+        counts = [max(1, math.ceil(a.size / WINDOW_SAMPLES)) for a in audios]
+        if self.layer:
+            states, outputs = self._port_states(mels, decode)
+        else:
+            states = outputs = self._encode(mels)
         out = []
         first = 0
-        for audio, feats, m in zip(audios, features, mels):
-            mine = states[first:first + len(m)]
-            first += len(m)
+        for audio, feats, n in zip(audios, features, counts):
+            mine = states[first:first + n]
             # Every window but the last is full, so the utterance's frames are a prefix of them all.
             frames = mine.reshape(-1, mine.shape[-1])[:frame_count(audio.size)].copy()
             # faster-whisper reuses an encoder output for its first window only; later windows of a
             # long file start where the decoded text ends, so it encodes them itself.
-            out.append((audio, feats, frames, mine[0]))
+            out.append((audio, feats, frames, None if outputs is None else outputs[first]))
+            first += n
         return out
+
+    def _port_states(self, mels: list[np.ndarray], decode: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """From the torch port, batched: block `layer`'s states [N, 1500, D] float32 for N windows and,
+        if `decode`, the encoder's output (after the last block and its LayerNorm) for the decoder."""
+        states, outputs = [], []
+        size = ENCODE_BATCH.get(self.device, 2)
+        with torch.inference_mode():
+            for lo in range(0, len(mels), size):
+                batch = torch.from_numpy(np.stack(mels[lo:lo + size]).astype(np.float32)).to(self.device)
+                every = self.port(batch, upto=None if decode else self.layer)
+                states.append(every[self.layer - 1].cpu().numpy())
+                outputs.append(every[-1].cpu().numpy())
+        return np.concatenate(states), np.concatenate(outputs) if decode else None
 
     def _encode(self, mels: list[np.ndarray]) -> np.ndarray:
         """Encoder outputs [N, 1500, D] float32 for N windows of [n_mels, 3000], batched."""

@@ -22,7 +22,7 @@ import torch
 from fdrl import config, data
 from fdrl.features import FeatureExtractor
 from fdrl.skips import SkipLog
-from fdrl.whisper import SAMPLES_PER_FRAME, _windows
+from fdrl.whisper import SAMPLES_PER_FRAME
 from fdrl.whisper_encoder import WhisperEncoder
 
 from speaker_probe import pooled, probe_uar  # scripts/ is on sys.path when run as a script
@@ -34,10 +34,10 @@ def pooled_layers(extractor: FeatureExtractor, encoder: WhisperEncoder, items: l
     whisper = extractor.whisper
     for i, item in enumerate(items):
         audio = extractor.speech(item)
-        mel = whisper._features(audio)
+        padded = whisper.windows(audio)[0]
         n = max(1, audio.size // SAMPLES_PER_FRAME)
         with torch.no_grad():
-            for mode, window in (("padded", _windows(mel, audio.size)[0]), ("unpadded", mel[:, :2 * n])):
+            for mode, window in (("padded", padded), ("unpadded", padded[:, :2 * n])):
                 states = encoder(torch.from_numpy(np.ascontiguousarray(window))[None])
                 out[mode].append(pooled([s[0, :n].numpy() for s in states]))
         if i % 200 == 0:

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from tests.conftest import speak
-from fdrl.whisper import Whisper, _windows, frame_count
+from fdrl.errors import UserError
+from fdrl.whisper import Whisper, frame_count
 from fdrl.whisper_encoder import CT2Reader, WhisperEncoder
 
 
@@ -24,7 +25,7 @@ def _relative_error(a: np.ndarray, b: np.ndarray) -> float:
 def test_the_port_reproduces_ctranslate2s_last_layer(speech: np.ndarray) -> None:
     whisper = Whisper(compute_type="float32", threads=1)  # the same weights, unquantized: exact up to rounding
     encoder = WhisperEncoder.from_ct2(whisper.path)
-    window = _windows(whisper._features(speech), speech.size)[0]
+    window = whisper.windows(speech)[0]
     expected = whisper._encode([window])[0]
     with torch.no_grad():
         states = encoder(torch.from_numpy(window)[None])
@@ -41,7 +42,7 @@ def test_the_port_reproduces_ctranslate2s_last_layer(speech: np.ndarray) -> None
 def test_upto_stops_early_and_a_short_input_needs_no_padding(speech: np.ndarray) -> None:
     whisper = Whisper(threads=1)
     encoder = WhisperEncoder.from_ct2(whisper.path)
-    mel = torch.from_numpy(whisper._features(speech)[:, :200])[None]
+    mel = torch.from_numpy(whisper.windows(speech)[0][:, :200])[None]
     with torch.no_grad():
         two = encoder(mel, upto=2)
         every = encoder(mel)
@@ -56,3 +57,27 @@ def test_the_reader_refuses_a_format_it_does_not_know(tmp_path) -> None:
     path.write_bytes(struct.pack("<I", 5))
     with pytest.raises(ValueError, match="version 5"):
         CT2Reader(path)
+
+
+def test_whisper_gives_the_asked_layers_frames_and_decodes_the_ports_output(speech: np.ndarray) -> None:
+    last, second = Whisper(threads=1), Whisper(threads=1, layer=2)
+    assert second.model_id == last.model_id + ":layer2"
+    with torch.no_grad():
+        every = second.port(torch.from_numpy(second.windows(speech)[0])[None])
+    (frames, transcript), = second.process([speech])
+    n = frame_count(speech.size)
+    assert frames.shape == (n, 384)
+    np.testing.assert_allclose(frames, every[1][0, :n].numpy(), rtol=1e-4, atol=1e-4)
+    assert _relative_error(frames, last.encode([speech])[0]) > 0.5  # not the last layer's states
+    (shared, window), = second.encode_shared([speech])
+    np.testing.assert_allclose(window, every[-1][0].numpy(), rtol=1e-4, atol=1e-4)  # the decoder reads the port's output
+    assert second.transcribe(speech, encoder_output=window).text == transcript.text
+    heard = set(transcript.text.lower().strip(".").split())
+    assert len(heard & {"the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog"}) >= 4, transcript.text
+    np.testing.assert_allclose(second.encode([speech])[0], frames, rtol=1e-5, atol=1e-5)  # frames alone: no decoder
+    np.testing.assert_allclose(shared, frames, rtol=1e-5, atol=1e-5)
+
+
+def test_a_layer_the_encoder_lacks_is_refused_with_its_range() -> None:
+    with pytest.raises(UserError, match=r"whisper_layer = 9.*1\.\.4"):
+        Whisper(threads=1, layer=9)
