@@ -524,9 +524,11 @@ def gain_shared_encoder(whisper, clips: list[np.ndarray], repeats: int) -> Gain:
         shared_times.append(seconds)
     plain_s, shared_s = float(np.median(plain_times)), float(np.median(shared_times))
     same = sum(a == b for a, b in zip(plain_text, shared_text))
+    # With a lower layer the decoder reads the torch port's float32 output, not CTranslate2's int8 one.
+    port = "; the decoder reads the torch port's float32 encoder output" if whisper.layer else ""
     return Gain("shared Whisper encoder pass", "encode() + transcribe(audio)", "process()", round(plain_s, 3),
                 round(shared_s, 3), round(plain_s / shared_s, 3),
-                f"{len(clips)} utterances, median of {repeats}; identical transcripts {same}/{len(clips)}")
+                f"{len(clips)} utterances, median of {repeats}; identical transcripts {same}/{len(clips)}{port}")
 
 
 # -- 4. FDRL head ----------------------------------------------------------------------------------

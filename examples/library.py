@@ -29,8 +29,9 @@ async def print_final(events: AsyncIterator[Event]) -> None:
     async for event in events:
         # Each segment gives a provisional utterance (voice only) and then the final one (voice + words).
         if isinstance(event, Utterance) and event.final:
-            print(f"  {event.start:6.2f}-{event.end:6.2f} s  {event.label:<10} {event.scores[event.label]:.2f}  "
-                  f"{event.text.strip()}")
+            # `label` is "uncertain" below labels.uncertain_below; `best_guess` is always the best label.
+            print(f"  {event.start:6.2f}-{event.end:6.2f} s  {event.label:<10} {event.best_guess:<10} "
+                  f"{event.scores[event.best_guess]:.2f}  {event.text.strip()}")
 
 
 async def my_audio(path: Path, block_ms: int = 20) -> AsyncIterator[np.ndarray]:

@@ -10,8 +10,11 @@ probability of its words (thresholds measured on English vs Italian corpora by
 
 And a segment without words is not always noise: a laugh or a sob has a voice and an emotion but
 no words. It keeps its voice-only label when enough of it is voiced (periodic, as a voice is and
-a door, a click or a fan is not: `fdrl.prosody`'s voicing flag); otherwise it is withdrawn as
-before.
+a door, a click, a fan or a rumble is not: Praat's pitch tracker decides, through
+`praat-parselmouth`); otherwise it is withdrawn as before. Why Praat here and not the voicing flag
+of the model's prosody frames (`fdrl.prosody`): Praat's path search called low-frequency rumble
+unvoiced where the plain autocorrelation peak called it voice, but as the model's pitch input it
+scored lower on leave-one-corpus-out (model card), so each does the job it measured best at.
 
 One function, `decide`, serves every path: the live engine (stream/inference.py), and offline
 features for training and `fdrl eval` (fdrl/features.py), so a clip uses the same modalities
@@ -23,18 +26,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Sequence
 
 import numpy as np
+import parselmouth
 
-from fdrl.prosody import NAMES, prosody
+from fdrl.audio import SAMPLE_RATE
+from fdrl.prosody import F0_MAX, F0_MIN
 
 if TYPE_CHECKING:
     from fdrl.config import Config
 
-HOP_S = 0.02                         # prosody's frame hop (20 ms)
 # A transcript that gzip compresses this well repeats itself: Whisper's own hallucination loop
 # ("going to be going to be ..."), confident token by token. Whisper's default threshold.
 MAX_COMPRESSION_RATIO = 2.4
 OFF_LOGPROB = -100.0                 # asr.gate_min_avg_logprob's floor: with gate_min_word_prob = 0, no gate
-VOICED = NAMES.index("voiced")
 
 # Why a transcript did not reach the text branch (the `text_dropped` of an utterance).
 NO_WORDS = "no_words"                # the ASR heard no words: voice only (a laugh, a sob)
@@ -110,8 +113,14 @@ def decide(transcript: TranscriptLike, gate: Gate) -> str | None:
 
 
 def voiced_seconds(speech: np.ndarray) -> float:
-    """Seconds of 16 kHz `speech` that `fdrl.prosody` finds voiced (periodic and loud enough)."""
-    return float(prosody(speech)[:, VOICED].sum() * HOP_S)
+    """Seconds of 16 kHz `speech` on Praat's voiced pitch path (none in audio shorter than its
+    analysis window, three periods of the lowest pitch searched)."""
+    try:
+        track = parselmouth.Sound(speech.astype(np.float64), SAMPLE_RATE).to_pitch_ac(
+            time_step=0.02, pitch_floor=F0_MIN, pitch_ceiling=F0_MAX)
+    except parselmouth.PraatError:
+        return 0.0
+    return float(track.count_voiced_frames() * track.dx)
 
 
 def is_voice(speech: np.ndarray, gate: Gate) -> bool:

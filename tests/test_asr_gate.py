@@ -68,6 +68,19 @@ def test_a_voice_is_voiced_and_noise_is_not():
     assert asr_gate.voiced_seconds(noise) < 0.1 and not is_voice(noise, GATE)
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_rumble_is_not_a_voice(seed):
+    """Integrated white noise (low-frequency energy, no period), which the prosody frames' plain
+    autocorrelation voicing calls 96-100 % voiced."""
+    rumble = np.cumsum(np.random.default_rng(seed).standard_normal(SAMPLE_RATE))
+    rumble = (0.1 * (rumble - rumble.mean()) / np.abs(rumble - rumble.mean()).max()).astype(np.float32)
+    assert asr_gate.voiced_seconds(rumble) < 0.1 and not is_voice(rumble, GATE)
+
+
+def test_a_blip_shorter_than_the_pitch_window_has_no_voice():
+    assert asr_gate.voiced_seconds(np.zeros(400, np.float32)) == 0.0
+
+
 @pytest.fixture(scope="module")
 def spoken(tmp_path_factory) -> dict[str, Speech]:
     d = tmp_path_factory.mktemp("languages")
