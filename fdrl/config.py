@@ -172,6 +172,7 @@ class Train(Section):
     folds: int = span(2, 100)
     goemotions_per_epoch: int = span(0, 1_000_000)
     text_dropout: float = span(0.0, 1.0)
+    neutral_voice_words: float = span(0.0, 1.0)  # neutral speech samples trained with an emotional text's words and label
     balance_corpora: bool                        # each speech corpus contributes equally per epoch
     speaker_subsets: bool                        # normalize each clip by a random subset of its speaker's clips
     dialogue_neutral: float = span(0.0, 1.0)     # how likely a DailyDialog neutral turn is drawn, relative to other text

@@ -118,8 +118,9 @@ def epoch_batches(samples: Sequence[Sample], rng: np.random.Generator, batch_siz
     return [batches[i] for i in order]
 
 
-def drop_text(batch: Batch, p: float, generator: torch.Generator) -> Batch:
-    """Hide the transcript of a random fraction `p` of the speech samples (modality dropout).
+def drop_text(batch: Batch, p: float, generator: torch.Generator, keep: torch.Tensor | None = None) -> Batch:
+    """Hide the transcript of a random fraction `p` of the speech samples (modality dropout), never
+    of the rows `keep` marks (words lent by `neutral_voice_words`: their label is the words').
 
     The provisional label is computed from the voice alone, and Whisper sometimes hears no words:
     the model must also decide from audio without text. RAVDESS's lexically neutral sentences
@@ -129,11 +130,43 @@ def drop_text(batch: Batch, p: float, generator: torch.Generator) -> Batch:
         return batch
     both = batch.mask["audio"].any(1) & batch.mask["text"].any(1)
     drop = both & (torch.rand(len(both), generator=generator) < p)
+    if keep is not None:
+        drop &= ~keep
     if drop.any():
         batch.mask["text"][drop] = False
         batch.x["text"][drop] = 0.0
         batch.words = batch.words[~drop[batch.words[:, 0]]]
     return batch
+
+
+def neutral_voice_words(chosen: list[Sample], pool: dict[int, list[Sample]], p: float, neutral: int | None,
+                        rng: np.random.Generator) -> list[Sample]:
+    """Give a random fraction `p` of the neutral speech samples the words of a text-only sample with
+    an emotion, and that emotion as their label (the label drawn uniformly, then a sample of it).
+
+    Why: "neutral" is the absence of an emotional cue, not a cue of its own. The speech corpora
+    teach the fused head that an emotional voice with neutral words is the voice's emotion; nothing
+    teaches it the mirror case, a calm voice saying "I am furious with you!", which it then calls
+    neutral. This is that mirror, made from the same clips.
+    """
+    emotions = [label for label in pool if label != neutral]
+    if p <= 0 or neutral is None or not emotions:
+        return chosen
+    out = []
+    for s in chosen:
+        if s.label == neutral and s.audio is not None and rng.random() < p:
+            label = emotions[rng.integers(len(emotions))]
+            s = dataclasses.replace(_lend(s, pool[label], rng), label=label)
+        out.append(s)
+    return out
+
+
+def _lend(s: Sample, donors: list[Sample] | None, rng: np.random.Generator) -> Sample:
+    """`s` with the words of a random one of `donors` (unchanged if there are none)."""
+    if not donors:
+        return s
+    donor = donors[rng.integers(len(donors))]
+    return dataclasses.replace(s, text=donor.text, word_spans=None, transcript=donor.transcript)
 
 
 def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: int | None = None,
@@ -158,20 +191,27 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
     model = FDRL(cfg.model, dims, n_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     names = cfg.labels.names
-    draw = draw_weights(samples, names.index("neutral") if "neutral" in names else None, t.dialogue_neutral)
+    neutral = names.index("neutral") if "neutral" in names else None
+    draw = draw_weights(samples, neutral, t.dialogue_neutral)
     steps_per_epoch = len(epoch_batches(samples, np.random.default_rng(seed), t.batch_size, t.goemotions_per_epoch,
                                         t.balance_corpora, draw))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=t.lr, total_steps=max(1, steps_per_epoch * t.epochs), pct_start=0.1)
     # Balanced per corpus kind (speech vs text-only): GoEmotions' counts must not set RAVDESS's weights.
     weights = {key: class_weights(np.array([samples[i].label for i in members]), n_classes, draw[members])
                for key, members in _groups(samples).items()}
+    donors: dict[int, list[Sample]] = {}
+    for s in samples:
+        if s.audio is None and s.vision is None and s.text is not None:
+            donors.setdefault(s.label, []).append(s)
     for epoch in range(t.epochs):
         model.train()
         totals: dict[str, float] = {}
         batches = epoch_batches(samples, rng, t.batch_size, t.goemotions_per_epoch, t.balance_corpora, draw)
         for b in batches:
             chosen = subsets.draw(samples, b, rng) if subsets is not None else [samples[i] for i in b]
-            batch = drop_text(collate(chosen, dims), t.text_dropout, generator)
+            lent = neutral_voice_words(chosen, donors, t.neutral_voice_words, neutral, rng)
+            keep = torch.tensor([a is not b for a, b in zip(lent, chosen)])
+            batch = drop_text(collate(lent, dims), t.text_dropout, generator, keep)
             out = model(batch)
             loss, parts = model.loss(batch, out, cfg.loss, class_weights=weights[_present(samples[b[0]])])
             opt.zero_grad(set_to_none=True)
@@ -208,12 +248,26 @@ class FoldResult:
 CONDITIONS = ("speaker", "no_speaker", "audio", "text")
 
 
-def held_out_logits(model: FDRL, val: Sequence[Sample], norm: SpeakerNorm | None) -> dict[str, np.ndarray]:
+def held_out_logits(model: FDRL, val: Sequence[Sample], norm: SpeakerNorm | None,
+                    paired_text: Sequence[Sample] = (), neutral: int | None = None) -> dict[str, np.ndarray]:
     """Logits of the held-out samples under each of `CONDITIONS` (absent branches give their
-    condition only where the model has them)."""
+    condition only where the model has them).
+
+    With `paired_text` (held-out text-only samples) two more, which ask whether words that carry an
+    emotion count beside a voice (the speech corpora's own sentences never do): "paired", each clip
+    with the words of a text of its own label; and "flat", each clip with the words of a text whose
+    label is `flat_targets` (scored on the neutral clips: a calm voice saying emotional words)."""
     with_speaker = standardize(val, norm)
     alone = standardize([dataclasses.replace(v, speaker="") for v in val], norm)
     out = {"speaker": predict_logits(model, with_speaker), "no_speaker": predict_logits(model, alone)}
+    if paired_text and "text" in model.dims:
+        pool: dict[int, list[Sample]] = {}
+        for t in paired_text:
+            pool.setdefault(t.label, []).append(t)
+        rng = np.random.default_rng(0)
+        out["paired"] = predict_logits(model, [_lend(v, pool.get(v.label), rng) for v in with_speaker])
+        flat = flat_targets(len(val), sorted(pool), neutral)
+        out["flat"] = predict_logits(model, [_lend(v, pool[k], rng) for v, k in zip(with_speaker, flat)])
     if "audio" in model.dims and "text" in model.dims:
         out["audio"] = predict_logits(model, [dataclasses.replace(v, text=None, word_spans=None) for v in with_speaker])
         # A clip without words has no text-only reading: its voice-only logits stand in.
@@ -225,18 +279,20 @@ def held_out_logits(model: FDRL, val: Sequence[Sample], norm: SpeakerNorm | None
 
 def cross_validate(samples: Sequence[Sample], folds: list[tuple[list[int], list[int]]], labels: Sequence[str],
                    cfg: Config, seeds: Sequence[int], extra_train: Sequence[Sample] = (),
-                   on_fold: Callable[[FoldResult], None] | None = None) -> list[FoldResult]:
+                   on_fold: Callable[[FoldResult], None] | None = None,
+                   paired_text: Sequence[Sample] = ()) -> list[FoldResult]:
     """Train on each fold's training speakers (+ `extra_train`, e.g. GoEmotions) and score its held-out
-    speakers, with their speaker known and without; each result keeps its held-out logits (for the
-    calibration fitted on held-out folds only)."""
+    speakers, with their speaker known and without (and with `paired_text`: `held_out_logits`); each
+    result keeps its held-out logits (for the calibration fitted on held-out folds only)."""
     results = []
+    neutral = list(labels).index("neutral") if "neutral" in labels else None
     for seed in seeds:
         for k, (train_idx, val_idx) in enumerate(folds):
             train = [samples[i] for i in train_idx] + list(extra_train)
             norm = fit_speaker_norm(train, cfg)  # the held-out speakers are normalized by their own clips
             model = train_model(train, len(labels), cfg, seed=seed, norm=norm)
             val = [samples[i] for i in val_idx]
-            logits = held_out_logits(model, val, norm)
+            logits = held_out_logits(model, val, norm, paired_text, neutral)
             y = np.array([v.label for v in val])
             s = metrics.summary(y, logits["speaker"].argmax(1), list(labels))
             alone = metrics.summary(y, logits["no_speaker"].argmax(1), list(labels))
@@ -245,6 +301,13 @@ def cross_validate(samples: Sequence[Sample], folds: list[tuple[list[int], list[
             if on_fold:
                 on_fold(r)
     return results
+
+
+def flat_targets(n: int, labels: Sequence[int], neutral: int | None) -> np.ndarray:
+    """The label of the words the n held-out clips get in the "flat" condition: the emotions other
+    than `neutral` in turn, so every emotion is asked for equally often."""
+    emotions = [k for k in labels if k != neutral]
+    return np.array([emotions[i % len(emotions)] for i in range(n)], dtype=np.int64)
 
 
 def held_out_temperature(samples: Sequence[Sample], runs: Sequence[FoldResult], condition: str = "speaker") -> float:

@@ -6,9 +6,13 @@ GoEmotions always on the training side, and scores the held-out clips with their
 without (each clip normalized by itself). Printed per held-out corpus: UAR with and without
 speaker, the share of the most-predicted label, ECE before and after temperature scaling (each
 fold's temperature fitted on the other folds' held-out logits only) and the UAR of per-branch
-calibrated fusion (voice and text posteriors multiplied) against FDRL's fused output.
+calibrated fusion (voice and text posteriors multiplied) against FDRL's fused output. With
+`--paired`, also whether words that carry an emotion count beside a voice (`held_out_logits`): UAR
+with the words of a GoEmotions dev comment of each clip's label, and the share of neutral clips
+given an emotion's words that take that emotion (`flat_words_heard`).
 
     .venv/bin/python scripts/loco.py ../shared/data --cv corpus --set train.balance_corpora=true --out runs/loco-balanced.npz
+    .venv/bin/python scripts/loco.py ../shared/data --goemotions-rows 8000 --paired --set train.neutral_voice_words=0.5 --out runs/nvw.npz
     .venv/bin/python scripts/loco.py ../shared/data --cv ravdess --out runs/ravdess-only.npz   # train on RAVDESS, test TESS + EMOVO
     .venv/bin/python scripts/loco.py ../shared/data --checkpoint runs/r0.safetensors --test tess,emovo --out runs/r0.npz  # score a checkpoint
 """
@@ -25,7 +29,7 @@ from fdrl import config, data, metrics
 from fdrl.calibration import ece, fit_temperature, softmax
 from fdrl.features import FeatureExtractor
 from fdrl.skips import SkipLog, extract_each
-from fdrl.train import FoldResult, cross_validate, held_out_logits
+from fdrl.train import FoldResult, cross_validate, flat_targets, held_out_logits
 
 
 def main() -> None:
@@ -38,6 +42,8 @@ def main() -> None:
     ap.add_argument("--no-goemotions", action="store_true")
     ap.add_argument("--goemotions-rows", type=int, default=0,
                     help="use only the first N single-label GoEmotions rows (0: all); each epoch draws train.goemotions_per_epoch of them")
+    ap.add_argument("--paired", action="store_true",
+                    help="also score each held-out clip with the words of a GoEmotions dev comment of its label")
     ap.add_argument("--checkpoint", type=Path, help="score this checkpoint instead of training (with --test)")
     ap.add_argument("--fit", type=Path, help="train one model on --train's corpora (+ GoEmotions) and save it here, nothing else")
     ap.add_argument("--train", default="ravdess", help="with --fit: the corpora it trains on")
@@ -60,6 +66,10 @@ def main() -> None:
     extractor = FeatureExtractor(cfg, "cpu")
     items, speech = extract_each(extractor, items, labels, skips)
     _, text_s = extract_each(extractor, text, labels, skips)
+    paired = []
+    if args.paired:
+        dev = data.load_goemotions(args.data / "goemotions" / "dev.tsv", skips=skips)
+        _, paired = extract_each(extractor, dev, labels, skips)
     logging.info("encoded %d clips, %d texts, %d skipped", len(speech), len(text_s), len(skips))
     if args.fit:
         from fdrl import checkpoint
@@ -72,7 +82,7 @@ def main() -> None:
     if args.checkpoint:
         from fdrl import checkpoint
         ckpt = checkpoint.load(args.checkpoint, extractor.encoder_ids)
-        logits = held_out_logits(ckpt.model, speech, ckpt.speaker_norm)
+        logits = held_out_logits(ckpt.model, speech, ckpt.speaker_norm, paired, labels.index("neutral"))
         y = np.array([s.label for s in speech])
         # One "fold" per test corpus, so each corpus is calibrated on the other corpora's logits only.
         runs = []
@@ -92,7 +102,8 @@ def main() -> None:
         def done(r: FoldResult) -> None:  # each fold's logits kept as it ends: a long run stopped early still tells
             logging.info("fold %d: UAR %.3f, without speaker %.3f", r.fold, r.uar, r.uar_no_speaker)
             np.savez(args.out.with_suffix(f".fold{r.fold}.npz"), val=np.array(r.val_idx), **r.logits)
-        runs = cross_validate(speech, folds, labels, cfg, [cfg.train.seed], extra_train=text_s, on_fold=done)
+        runs = cross_validate(speech, folds, labels, cfg, [cfg.train.seed], extra_train=text_s, on_fold=done,
+                              paired_text=paired)
     corpus = np.array([it.corpus for it in items])
     y = np.array([s.label for s in speech])
     arrays = {"y": y, "corpus": corpus}
@@ -121,11 +132,15 @@ def report(runs, y: np.ndarray, corpus: np.ndarray, labels: list[str]) -> dict:
             m = corpus[idx] == name
             yy = y[idx][m]
             row = {}
-            for cond in ("speaker", "no_speaker", "audio", "text"):
+            for cond in ("speaker", "no_speaker", "audio", "text", "paired"):
                 if cond in r.logits:
                     pred = r.logits[cond][m].argmax(1)
                     row[f"uar_{cond}"] = round(metrics.uar(yy, pred), 4)
                     row[f"top_share_{cond}"] = round(float(np.bincount(pred, minlength=len(labels)).max() / len(pred)), 3)
+            if "flat" in r.logits:  # neutral clips with emotional words: are the words heard?
+                calm = m & (y[idx] == labels.index("neutral"))
+                want = flat_targets(len(idx), range(len(labels)), labels.index("neutral"))[calm]
+                row["flat_words_heard"] = round(float(np.mean(r.logits["flat"][calm].argmax(1) == want)), 3)
             row["ece"] = round(ece(softmax(r.logits["speaker"][m]), yy), 4)
             if not np.isnan(t["speaker"]):
                 row["temperature"] = round(t["speaker"], 3)

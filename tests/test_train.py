@@ -109,3 +109,61 @@ def test_dailydialog_neutral_turns_are_drawn_as_often_as_configured():
                     for k in range(20)])
     assert abs(rate - 300 * 0.25 / 2.25) < 5          # 100 if they were not thinned
     assert np.all(draw_weights(samples, neutral=None, dialogue_neutral=0.25) == 1.0)
+
+
+def test_neutral_voices_are_lent_emotional_words_and_their_label():
+    """With p = 0.5, about half the neutral speech samples get the words of a text-only sample with an
+    emotion and take its label, without word spans; other labels, wordless text rows and p = 0 are
+    left as they were."""
+    import numpy as np
+
+    from fdrl.inputs import Sample
+    from fdrl.train import neutral_voice_words
+    audio, spans = np.zeros((3, 4), np.float32), np.zeros((1, 4), np.int32)
+    pool = {label: [Sample(label, "", text=np.full((2, 4), label, np.float32), transcript=f"words {label}")]
+            for label in (0, 1, 2)}
+    speech = [Sample(k % 2, "s", audio=audio, text=np.full((2, 4), 9.0, np.float32), word_spans=spans)
+              for k in range(400)]
+    out = neutral_voice_words(speech + [pool[0][0]], pool, 0.5, 0, np.random.default_rng(0))
+    lent = [s for s in out[:400] if s.text[0, 0] != 9.0]
+    assert 70 < len(lent) < 130 and all(s is t for s, t in zip(out[1:400:2], speech[1::2]))
+    assert all(s.label in (1, 2) and np.all(s.text == s.label) and s.word_spans is None
+               and s.transcript == f"words {s.label}" for s in lent)
+    assert {s.label for s in lent} == {1, 2} and out[400] is pool[0][0]
+    assert neutral_voice_words(speech, pool, 0.0, 0, np.random.default_rng(0)) == speech
+
+
+def test_held_out_clips_are_also_scored_with_words_of_their_label(cfg):
+    """`paired`: the clips' logits with a held-out text of their label in place of their own words;
+    only asked for, and the same as reading those words in that clip."""
+    import dataclasses
+
+    import numpy as np
+
+    from fdrl.inputs import Sample
+    from fdrl.model import FDRL
+    from fdrl.predict import predict_logits
+    from fdrl.train import held_out_logits
+    rng = np.random.default_rng(0)
+    model = FDRL(cfg.model, {"audio": 4, "text": 4}, 2).eval()
+    val = [Sample(k % 2, "s", audio=rng.normal(size=(5, 4)).astype(np.float32),
+                  text=rng.normal(size=(3, 4)).astype(np.float32)) for k in range(4)]
+    pool = [Sample(label, "", text=np.full((2, 4), label + 1.0, np.float32)) for label in (0, 1)]
+    assert "paired" not in held_out_logits(model, val, None)
+    paired = held_out_logits(model, val, None, pool, neutral=0)["paired"]
+    expected = predict_logits(model, [dataclasses.replace(v, text=pool[v.label].text) for v in val])
+    np.testing.assert_allclose(paired, expected, atol=1e-5)
+
+
+def test_text_dropout_spares_the_rows_it_is_told_to_keep():
+    """`drop_text` at p = 1 hides every transcript but those of the `keep` rows (lent words)."""
+    import numpy as np
+    import torch
+
+    from fdrl.inputs import Sample
+    from fdrl.model import collate
+    from fdrl.train import drop_text
+    rows = [Sample(0, "s", audio=np.ones((3, 4), np.float32), text=np.ones((2, 4), np.float32)) for _ in range(4)]
+    keep = torch.tensor([True, False, True, False])
+    batch = drop_text(collate(rows, {"audio": 4, "text": 4}), 1.0, torch.Generator().manual_seed(0), keep)
+    assert batch.mask["text"].any(1).tolist() == [True, False, True, False]
