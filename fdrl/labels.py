@@ -1,6 +1,8 @@
 """The canonical label set and the mappings from each corpus onto it."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 CANONICAL = ("neutral", "happiness", "sadness", "anger", "fear", "disgust", "surprise")
 
 # RAVDESS emotion code (file name field 3) -> canonical; calm folds into neutral.
@@ -26,3 +28,8 @@ DAILYDIALOG = {0: "neutral", 1: "anger", 2: "disgust", 3: "fear", 4: "happiness"
 
 # FER2013 (mini-Xception output order) -> canonical.
 FER2013 = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
+
+
+def neutral_index(names: Sequence[str]) -> int | None:
+    """Where `neutral` is in a label set (None for a set without it: no neutral-specific rule applies)."""
+    return list(names).index("neutral") if "neutral" in names else None

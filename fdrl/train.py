@@ -13,7 +13,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -21,6 +21,7 @@ import torch
 from fdrl import metrics
 from fdrl.config import Config
 from fdrl.inputs import Sample
+from fdrl.labels import neutral_index
 from fdrl.losses import class_weights
 from fdrl.model import FDRL, Batch, collate
 from fdrl.calibration import ece, fit_temperature, softmax
@@ -143,6 +144,7 @@ def neutral_voice_words(chosen: list[Sample], pool: dict[int, list[Sample]], p: 
                         rng: np.random.Generator) -> list[Sample]:
     """Give a random fraction `p` of the neutral speech samples the words of a text-only sample with
     an emotion, and that emotion as their label (the label drawn uniformly, then a sample of it).
+    Wordless neutral clips (no transcript) are among them: they get words too.
 
     Why: "neutral" is the absence of an emotional cue, not a cue of its own. The speech corpora
     teach the fused head that an emotional voice with neutral words is the voice's emotion; nothing
@@ -159,6 +161,14 @@ def neutral_voice_words(chosen: list[Sample], pool: dict[int, list[Sample]], p: 
             s = dataclasses.replace(_lend(s, pool[label], rng), label=label)
         out.append(s)
     return out
+
+
+def _by_label(samples: Iterable[Sample]) -> dict[int, list[Sample]]:
+    """The samples grouped by label (the donors `_lend` draws words from)."""
+    groups: dict[int, list[Sample]] = {}
+    for s in samples:
+        groups.setdefault(s.label, []).append(s)
+    return groups
 
 
 def _lend(s: Sample, donors: list[Sample] | None, rng: np.random.Generator) -> Sample:
@@ -190,8 +200,7 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
     dims = input_dims(samples)
     model = FDRL(cfg.model, dims, n_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
-    names = cfg.labels.names
-    neutral = names.index("neutral") if "neutral" in names else None
+    neutral = neutral_index(cfg.labels.names)
     draw = draw_weights(samples, neutral, t.dialogue_neutral)
     steps_per_epoch = len(epoch_batches(samples, np.random.default_rng(seed), t.batch_size, t.goemotions_per_epoch,
                                         t.balance_corpora, draw))
@@ -199,10 +208,7 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
     # Balanced per corpus kind (speech vs text-only): GoEmotions' counts must not set RAVDESS's weights.
     weights = {key: class_weights(np.array([samples[i].label for i in members]), n_classes, draw[members])
                for key, members in _groups(samples).items()}
-    donors: dict[int, list[Sample]] = {}
-    for s in samples:
-        if s.audio is None and s.vision is None and s.text is not None:
-            donors.setdefault(s.label, []).append(s)
+    donors = _by_label(s for s in samples if s.audio is None and s.vision is None and s.text is not None)
     for epoch in range(t.epochs):
         model.train()
         totals: dict[str, float] = {}
@@ -261,13 +267,11 @@ def held_out_logits(model: FDRL, val: Sequence[Sample], norm: SpeakerNorm | None
     alone = standardize([dataclasses.replace(v, speaker="") for v in val], norm)
     out = {"speaker": predict_logits(model, with_speaker), "no_speaker": predict_logits(model, alone)}
     if paired_text and "text" in model.dims:
-        pool: dict[int, list[Sample]] = {}
-        for t in paired_text:
-            pool.setdefault(t.label, []).append(t)
+        pool = _by_label(paired_text)
         rng = np.random.default_rng(0)
         out["paired"] = predict_logits(model, [_lend(v, pool.get(v.label), rng) for v in with_speaker])
-        flat = flat_targets(len(val), sorted(pool), neutral)
-        out["flat"] = predict_logits(model, [_lend(v, pool[k], rng) for v, k in zip(with_speaker, flat)])
+        flat = flat_targets(len(val), out["speaker"].shape[1], neutral)
+        out["flat"] = predict_logits(model, [_lend(v, pool.get(k), rng) for v, k in zip(with_speaker, flat)])
     if "audio" in model.dims and "text" in model.dims:
         out["audio"] = predict_logits(model, [dataclasses.replace(v, text=None, word_spans=None) for v in with_speaker])
         # A clip without words has no text-only reading: its voice-only logits stand in.
@@ -285,7 +289,7 @@ def cross_validate(samples: Sequence[Sample], folds: list[tuple[list[int], list[
     speakers, with their speaker known and without (and with `paired_text`: `held_out_logits`); each
     result keeps its held-out logits (for the calibration fitted on held-out folds only)."""
     results = []
-    neutral = list(labels).index("neutral") if "neutral" in labels else None
+    neutral = neutral_index(labels)
     for seed in seeds:
         for k, (train_idx, val_idx) in enumerate(folds):
             train = [samples[i] for i in train_idx] + list(extra_train)
@@ -303,11 +307,17 @@ def cross_validate(samples: Sequence[Sample], folds: list[tuple[list[int], list[
     return results
 
 
-def flat_targets(n: int, labels: Sequence[int], neutral: int | None) -> np.ndarray:
+def flat_targets(n: int, n_classes: int, neutral: int | None) -> np.ndarray:
     """The label of the words the n held-out clips get in the "flat" condition: the emotions other
     than `neutral` in turn, so every emotion is asked for equally often."""
-    emotions = [k for k in labels if k != neutral]
+    emotions = [k for k in range(n_classes) if k != neutral]
     return np.array([emotions[i % len(emotions)] for i in range(n)], dtype=np.int64)
+
+
+def words_heard(flat: np.ndarray, neutral: int | None) -> np.ndarray:
+    """Per held-out clip, whether its "flat" logits take the emotion of the words it was given. On
+    the neutral clips this asks whether a calm voice lets emotional words through."""
+    return flat.argmax(1) == flat_targets(len(flat), flat.shape[1], neutral)
 
 
 def held_out_temperature(samples: Sequence[Sample], runs: Sequence[FoldResult], condition: str = "speaker") -> float:

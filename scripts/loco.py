@@ -29,7 +29,8 @@ from fdrl import config, data, metrics
 from fdrl.calibration import ece, fit_temperature, softmax
 from fdrl.features import FeatureExtractor
 from fdrl.skips import SkipLog, extract_each
-from fdrl.train import FoldResult, cross_validate, flat_targets, held_out_logits
+from fdrl.labels import neutral_index
+from fdrl.train import FoldResult, cross_validate, held_out_logits, words_heard
 
 
 def main() -> None:
@@ -82,7 +83,7 @@ def main() -> None:
     if args.checkpoint:
         from fdrl import checkpoint
         ckpt = checkpoint.load(args.checkpoint, extractor.encoder_ids)
-        logits = held_out_logits(ckpt.model, speech, ckpt.speaker_norm, paired, labels.index("neutral"))
+        logits = held_out_logits(ckpt.model, speech, ckpt.speaker_norm, paired, neutral_index(labels))
         y = np.array([s.label for s in speech])
         # One "fold" per test corpus, so each corpus is calibrated on the other corpora's logits only.
         runs = []
@@ -138,9 +139,8 @@ def report(runs, y: np.ndarray, corpus: np.ndarray, labels: list[str]) -> dict:
                     row[f"uar_{cond}"] = round(metrics.uar(yy, pred), 4)
                     row[f"top_share_{cond}"] = round(float(np.bincount(pred, minlength=len(labels)).max() / len(pred)), 3)
             if "flat" in r.logits:  # neutral clips with emotional words: are the words heard?
-                calm = m & (y[idx] == labels.index("neutral"))
-                want = flat_targets(len(idx), range(len(labels)), labels.index("neutral"))[calm]
-                row["flat_words_heard"] = round(float(np.mean(r.logits["flat"][calm].argmax(1) == want)), 3)
+                calm = m & (y[idx] == neutral_index(labels))
+                row["flat_words_heard"] = round(float(words_heard(r.logits["flat"], neutral_index(labels))[calm].mean()), 3)
             row["ece"] = round(ece(softmax(r.logits["speaker"][m]), yy), 4)
             if not np.isnan(t["speaker"]):
                 row["temperature"] = round(t["speaker"], 3)

@@ -150,9 +150,23 @@ def test_held_out_clips_are_also_scored_with_words_of_their_label(cfg):
                   text=rng.normal(size=(3, 4)).astype(np.float32)) for k in range(4)]
     pool = [Sample(label, "", text=np.full((2, 4), label + 1.0, np.float32)) for label in (0, 1)]
     assert "paired" not in held_out_logits(model, val, None)
-    paired = held_out_logits(model, val, None, pool, neutral=0)["paired"]
+    logits = held_out_logits(model, val, None, pool, neutral=0)
     expected = predict_logits(model, [dataclasses.replace(v, text=pool[v.label].text) for v in val])
-    np.testing.assert_allclose(paired, expected, atol=1e-5)
+    np.testing.assert_allclose(logits["paired"], expected, atol=1e-5)
+    # "flat": every clip with the words of the one emotion there is.
+    expected = predict_logits(model, [dataclasses.replace(v, text=pool[1].text) for v in val])
+    np.testing.assert_allclose(logits["flat"], expected, atol=1e-5)
+
+
+def test_flat_words_ask_for_each_emotion_in_turn():
+    """The "flat" condition's words cycle through the emotions (never neutral), and a clip's words are
+    heard when its logits pick that emotion."""
+    import numpy as np
+
+    from fdrl.train import flat_targets, words_heard
+    assert flat_targets(5, 3, neutral=0).tolist() == [1, 2, 1, 2, 1]
+    logits = np.eye(3)[[1, 2, 2, 2, 0]]
+    assert words_heard(logits, neutral=0).tolist() == [True, True, False, True, False]
 
 
 def test_text_dropout_spares_the_rows_it_is_told_to_keep():
