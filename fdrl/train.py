@@ -216,7 +216,7 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
         for b in batches:
             chosen = subsets.draw(samples, b, rng) if subsets is not None else [samples[i] for i in b]
             lent = neutral_voice_words(chosen, donors, t.neutral_voice_words, neutral, rng)
-            keep = torch.tensor([a is not b for a, b in zip(lent, chosen)])
+            keep = torch.tensor([given is not own for given, own in zip(lent, chosen)])
             batch = drop_text(collate(lent, dims), t.text_dropout, generator, keep)
             out = model(batch)
             loss, parts = model.loss(batch, out, cfg.loss, class_weights=weights[_present(samples[b[0]])])

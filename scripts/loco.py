@@ -139,8 +139,9 @@ def report(runs, y: np.ndarray, corpus: np.ndarray, labels: list[str]) -> dict:
                     row[f"uar_{cond}"] = round(metrics.uar(yy, pred), 4)
                     row[f"top_share_{cond}"] = round(float(np.bincount(pred, minlength=len(labels)).max() / len(pred)), 3)
             if "flat" in r.logits:  # neutral clips with emotional words: are the words heard?
-                calm = m & (y[idx] == neutral_index(labels))
-                row["flat_words_heard"] = round(float(words_heard(r.logits["flat"], neutral_index(labels))[calm].mean()), 3)
+                neutral = neutral_index(labels)
+                calm = m & (y[idx] == neutral)
+                row["flat_words_heard"] = round(float(words_heard(r.logits["flat"], neutral)[calm].mean()), 3)
             row["ece"] = round(ece(softmax(r.logits["speaker"][m]), yy), 4)
             if not np.isnan(t["speaker"]):
                 row["temperature"] = round(t["speaker"], 3)
