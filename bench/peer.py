@@ -76,6 +76,7 @@ class Scored:
     missed: int
     latency: Dist | None       # true end of a sentence → its first final transcript
     wer: float
+    transcripts: list[str]     # the finals in order, so the words behind a WER can be read in the report
 
 
 def score_emissions(tool: str, spoken: SpokenFile, k: int, finals: Sequence[tuple[float, str]]) -> Scored:
@@ -90,7 +91,7 @@ def score_emissions(tool: str, spoken: SpokenFile, k: int, finals: Sequence[tupl
         else:
             first[owner] = t - ends[owner]
     return Scored(tool, spoken.name, k, len(finals), extra, len(ends) - len(first), dist(list(first.values())),
-                  word_error_rate(spoken.sentences, [text for _, text in finals]))
+                  word_error_rate(spoken.sentences, [text for _, text in finals]), [text for _, text in finals])
 
 
 def run_peer(python: Path, spoken: SpokenFile, model: Path, options: dict) -> list[tuple[float, str]]:

@@ -46,5 +46,6 @@ def test_the_peer_benchmark_scores_a_final_by_when_it_came_out():
     assert (s.finals, s.extra, s.missed) == (3, 1, 1)
     assert s.latency.n == 2 and s.latency.p50_ms == pytest.approx(850.0)
     assert s.wer == word_error_rate(SENTENCES, ["the cat sat", "uh", "on the mat"])
+    assert s.transcripts == ["the cat sat", "uh", "on the mat"]  # kept in the report, to read the errors
     # Before any sentence ended, a final is extra too.
     assert score_emissions("peer", spoken, 0, [(0.4, "hm")]).extra == 1
