@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import safetensors
 import safetensors.torch
 import torch
@@ -26,9 +27,11 @@ from fdrl import config as config_mod
 from fdrl.errors import UserError
 from fdrl.model import FDRL
 from fdrl.outputs import write_atomic
+from fdrl.predict import WordsReader
 from fdrl.speaker import SpeakerNorm, standardize
 
 FORMAT = "fdrl-stream/2"          # the settings JSON beside the safetensors weights
+READER = "words_reader."          # the words reader's tensors, stored beside the model's
 LEGACY_FORMAT = "fdrl-stream/1"   # a torch zip holding both (`NAME.pt`)
 SUFFIX = ".safetensors"
 
@@ -44,6 +47,7 @@ class Checkpoint:
     path: Path | None = None
     speaker_norm: SpeakerNorm | None = None  # None: the model reads raw audio frames (or no audio)
     temperature: float = 1.0          # logits are divided by it before the softmax (fdrl.calibration)
+    words_reader: WordsReader | None = None  # labels words alone with FDRL (None: checkpoints trained without text)
 
     def prepare(self, samples: list) -> list:
         """Samples as the model expects them: audio standardized per speaker when it was trained so."""
@@ -69,7 +73,8 @@ def check_name(path: Path) -> None:
 
 def save(path: Path, model: FDRL, labels: list[str], dims: dict[str, int], encoders: dict[str, Any],
          model_config: config_mod.Model, metrics: dict[str, Any] | None = None,
-         speaker_norm: SpeakerNorm | None = None, temperature: float = 1.0) -> None:
+         speaker_norm: SpeakerNorm | None = None, temperature: float = 1.0,
+         words_reader: WordsReader | None = None) -> None:
     """Write the weights to `path` (NAME.safetensors) and the settings to NAME.json, each atomically: a
     full disk or a killed process leaves the previous file as it was and no partial one (an
     OutputError names the file and the reason)."""
@@ -77,6 +82,9 @@ def save(path: Path, model: FDRL, labels: list[str], dims: dict[str, int], encod
     # float16 on disk keeps the shipped file small; loaded as float32. Copies: safetensors refuses shared storage.
     state = {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu()).contiguous().clone()
              for k, v in model.state_dict().items()}
+    if words_reader is not None:  # float32: a handful of numbers, kept exact
+        state |= {READER + "weight": torch.from_numpy(np.ascontiguousarray(words_reader.weight, np.float32)),
+                  READER + "bias": torch.from_numpy(np.ascontiguousarray(words_reader.bias, np.float32))}
     settings = {
         "format": FORMAT,
         "labels": list(labels),
@@ -99,7 +107,7 @@ def convert(legacy: Path, out: Path) -> None:
     """Rewrite a `NAME.pt` checkpoint as `out` (NAME.safetensors + NAME.json), weights and settings unchanged."""
     ckpt = load(legacy)
     save(out, ckpt.model, ckpt.labels, ckpt.dims, ckpt.encoders, ckpt.model_config, ckpt.metrics, ckpt.speaker_norm,
-         ckpt.temperature)
+         ckpt.temperature, ckpt.words_reader)
 
 
 def _read(path: Path) -> dict[str, Any]:
@@ -149,7 +157,12 @@ def load(path: Path, expected_encoders: dict[str, Any] | None = None, device: st
     try:
         model_config = config_mod.Model(**blob["model_config"])
         model = FDRL(model_config, blob["dims"], len(blob["labels"]))
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in blob["state_dict"].items()})
+        state = dict(blob["state_dict"])
+        reader = {k[len(READER):]: state.pop(k).float().numpy() for k in list(state) if k.startswith(READER)}
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+        words_reader = WordsReader(reader["weight"], reader["bias"]) if reader else None
+        if words_reader is not None and words_reader.weight.shape != (len(blob["labels"]), blob["dims"]["text"]):
+            raise ValueError(f"words reader of shape {words_reader.weight.shape}")
         norm = SpeakerNorm.from_dict(blob["speaker_norm"]) if blob.get("speaker_norm") else None
         temperature = float(blob.get("temperature", 1.0))  # checkpoints from before calibration: 1.0
         if not 0 < temperature < float("inf"):
@@ -160,4 +173,4 @@ def load(path: Path, expected_encoders: dict[str, Any] | None = None, device: st
         raise UserError(f"checkpoint {path} was trained with speaker normalization but carries no speaker statistics; re-train it")
     model.to(device).eval()
     return Checkpoint(model, blob["labels"], blob["dims"], encoders, model_config, blob.get("metrics", {}), path, norm,
-                      temperature)
+                      temperature, words_reader)

@@ -197,6 +197,7 @@ class TuneText(Section):
 @dataclass
 class LateFusion(Section):
     face_weight: float = span(0.0, 1.0)          # p = (1 - w) * p_fdrl + w * p_face when a face is seen
+    words_weight: float = span(0.0, 1.0)         # p = (1 - w) * p_fdrl + w * p_reader for words without a voice
 
 
 @dataclass

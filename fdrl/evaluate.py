@@ -17,7 +17,7 @@ from fdrl.data import load_manifest
 from fdrl.errors import UserError
 from fdrl.features import FeatureExtractor
 from fdrl.outputs import atomic_write, check_outputs, config_inputs
-from fdrl.predict import late_fusion, predict_proba, resolve_device
+from fdrl.predict import posteriors, resolve_device
 from fdrl.progress import progress
 from fdrl.skips import SkipLog, extract_each
 
@@ -40,7 +40,7 @@ def evaluate(manifest: Path, cfg: Config, checkpoint: Path | None = None, plot: 
         items, samples = extract_each(extractor, items, ckpt.labels, skips, progress=advance)
     if not samples:
         raise UserError(f"{manifest}: no line could be encoded ({len(skips)} skipped, see the warnings above)")
-    probs = late_fusion(predict_proba(ckpt.model, ckpt.prepare(samples), temperature=ckpt.temperature), samples, ckpt.labels, cfg.late_fusion.face_weight)
+    probs = posteriors(ckpt, ckpt.prepare(samples), cfg.late_fusion)
     y_true = np.array([s.label for s in samples])
     result = metrics.summary(y_true, probs.argmax(1), list(ckpt.labels)) | skips.summary()
     if plot is not None:

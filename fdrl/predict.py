@@ -6,7 +6,8 @@ recognizer needs the device, the model's posteriors and the face fusion, nothing
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 import torch
@@ -15,6 +16,10 @@ from fdrl.calibration import softmax
 from fdrl.inputs import Sample
 from fdrl.labels import CANONICAL
 from fdrl.model import FDRL, collate
+
+if TYPE_CHECKING:
+    from fdrl.checkpoint import Checkpoint
+    from fdrl.config import LateFusion
 
 
 def resolve_device(name: str, warn: Callable[[str], None] | None = None) -> str:
@@ -96,6 +101,53 @@ def predict_proba(model: FDRL, samples: Sequence[Sample], batch_size: int = 128,
     """Class posteriors [N, C] of the fused output, the logits divided by the checkpoint's calibrated
     `temperature` first (fdrl.calibration: same labels, scores that mean what they say)."""
     return softmax(predict_logits(model, samples, batch_size, bf16), temperature).astype(np.float32)
+
+
+def posteriors(ckpt: Checkpoint, samples: Sequence[Sample], late: LateFusion, bf16: bool = False) -> np.ndarray:
+    """What a checkpoint says of prepared samples, the same for `fdrl eval` and the live engine: FDRL's
+    calibrated posteriors, words heard without a voice mixed with the words reader, faces late-fused."""
+    p = predict_proba(ckpt.model, samples, bf16=bf16, temperature=ckpt.temperature)
+    p = read_words(p, samples, ckpt.words_reader, late.words_weight)
+    return late_fusion(p, samples, ckpt.labels, late.face_weight)
+
+
+def words_alone(s: Sample) -> bool:
+    """Words without a voice or a face: a transcript line, a chat message, a text manifest row."""
+    return s.text is not None and s.audio is None and s.vision is None
+
+
+def pooled_words(samples: Sequence[Sample]) -> np.ndarray:
+    """[N, D] each sample's mean token state: what the words reader reads."""
+    return np.stack([s.text.astype(np.float32).mean(0) for s in samples])
+
+
+@dataclass(frozen=True)
+class WordsReader:
+    """softmax(weight @ mean token state + bias): a linear reader of words alone.
+
+    Why it exists beside FDRL: on text with no voice, FDRL's text path, trained on a few thousand
+    rows an epoch among the speech clips and with balanced classes, was measured below a linear
+    layer over the same tuned MiniLM states (the kind of head `fdrl tune-text` tunes those layers
+    with); models/README.md, "Words alone". `fdrl train` fits it on its text rows
+    (`fdrl.train.fit_words_reader`); speech is labelled by FDRL alone.
+    """
+
+    weight: np.ndarray   # [C, D]
+    bias: np.ndarray     # [C]
+
+    def proba(self, samples: Sequence[Sample]) -> np.ndarray:
+        return softmax(pooled_words(samples) @ self.weight.T + self.bias).astype(np.float32)
+
+
+def read_words(p_model: np.ndarray, samples: Sequence[Sample], reader: WordsReader | None, weight: float) -> np.ndarray:
+    """p = (1 - w) * p_fdrl + w * p_reader for words alone (`words_alone`); every other row, and
+    every row of a checkpoint without a reader, keeps FDRL's posterior."""
+    p = p_model.copy()
+    rows = [i for i, s in enumerate(samples) if words_alone(s)]
+    if reader is None or weight <= 0 or not rows:
+        return p
+    p[rows] = (1 - weight) * p[rows] + weight * reader.proba([samples[i] for i in rows])
+    return p
 
 
 def late_fusion(p_model: np.ndarray, samples: Sequence[Sample], labels: Sequence[str], face_weight: float) -> np.ndarray:

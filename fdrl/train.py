@@ -25,7 +25,7 @@ from fdrl.labels import neutral_index
 from fdrl.losses import class_weights
 from fdrl.model import FDRL, Batch, collate
 from fdrl.calibration import ece, fit_temperature, softmax
-from fdrl.predict import predict_logits, predict_proba
+from fdrl.predict import WordsReader, pooled_words, predict_logits, predict_proba, read_words, words_alone
 from fdrl.skips import SkipLog, extract_each
 from fdrl.speaker import SpeakerNorm, SubsetNorm, standardize
 
@@ -230,6 +230,26 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
         if on_epoch:
             on_epoch(epoch, totals)
     return model.eval()
+
+
+def fit_words_reader(samples: Sequence[Sample], n_classes: int, neutral: int | None, dialogue_neutral: float) -> WordsReader | None:
+    """The words reader (`fdrl.predict.WordsReader`) of the text-only samples: multinomial logistic
+    regression (scikit-learn, L2, C = 1) on each one's mean token state, DailyDialog's neutral turns
+    weighted as the FDRL head draws them (`draw_weights`). None without text-only samples."""
+    from sklearn.linear_model import LogisticRegression
+
+    text = [s for s in samples if words_alone(s)]
+    y = np.array([s.label for s in text])
+    if len(np.unique(y)) < 2:
+        return None
+    fit = LogisticRegression(max_iter=1000).fit(pooled_words(text), y, sample_weight=draw_weights(text, neutral, dialogue_neutral))
+    coef, intercept = fit.coef_, fit.intercept_
+    if len(fit.classes_) == 2:  # scikit-learn keeps one row for two classes: softmax([-z/2, z/2]) is its sigmoid(z)
+        coef, intercept = np.concatenate([-coef / 2, coef / 2]), np.concatenate([-intercept / 2, intercept / 2])
+    weight = np.zeros((n_classes, coef.shape[1]), np.float32)
+    bias = np.full(n_classes, -30.0, np.float32)  # a label no text row had is never read from words
+    weight[fit.classes_], bias[fit.classes_] = coef, intercept
+    return WordsReader(weight, bias)
 
 
 def fit_speaker_norm(samples: Sequence[Sample], cfg: Config) -> SpeakerNorm | None:
@@ -477,11 +497,15 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: str | None = Non
     norm = fit_speaker_norm(speech_s + text_s, cfg)
     with progress("final fit", cfg.train.epochs) as advance:
         model = train_model(speech_s + text_s, len(labels), cfg, on_epoch=lambda e, parts: advance(1), norm=norm)
+    reader = fit_words_reader(text_s, len(labels), neutral_index(labels), cfg.train.dialogue_neutral)
     if dev_s:
-        pred = predict_proba(model, dev_s).argmax(1)
-        result["goemotions_dev"] = metrics.summary(np.array([s.label for s in dev_s]), pred, labels)
+        y_dev, p_dev = np.array([s.label for s in dev_s]), predict_proba(model, dev_s, temperature=temperature)
+        # What the checkpoint says of GoEmotions dev (words alone: FDRL mixed with the reader), and FDRL's part.
+        result["goemotions_dev"] = metrics.summary(y_dev, read_words(p_dev, dev_s, reader, cfg.late_fusion.words_weight).argmax(1), labels)
+        result["goemotions_dev_fdrl"] = metrics.summary(y_dev, p_dev.argmax(1), labels)
     ckpt_mod.save(out, model, labels, input_dims(speech_s + text_s), extractor.encoder_ids, cfg.model,
-                  {k: v for k, v in result.items() if k != "config"}, speaker_norm=norm, temperature=temperature)
+                  {k: v for k, v in result.items() if k != "config"}, speaker_norm=norm, temperature=temperature,
+                  words_reader=reader)
     if report is not None:
         write_atomic(report, json.dumps(result, indent=2))
     return result

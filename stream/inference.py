@@ -36,7 +36,7 @@ from fdrl import checkpoint as ckpt_mod
 from fdrl import asr_gate
 from fdrl.config import Config
 from fdrl.inputs import WHISPER_FPS, Recipe, Sample, encoder_ids
-from fdrl.predict import late_fusion, predict_proba, resolve_device, warm_bf16
+from fdrl.predict import posteriors, resolve_device, warm_bf16
 from fdrl.speaker import BatchSpeakers, Moments, RunningSpeaker
 from fdrl.text import TextEncoder
 from fdrl.whisper import Transcript, Whisper
@@ -162,8 +162,7 @@ class Engine:
 
     @torch.inference_mode()
     def classify(self, samples: list[Sample]) -> np.ndarray:
-        probs = predict_proba(self.ckpt.model, samples, bf16=self.bf16, temperature=self.ckpt.temperature)
-        return late_fusion(probs, samples, self.labels, self.cfg.late_fusion.face_weight)
+        return posteriors(self.ckpt, samples, self.cfg.late_fusion, bf16=self.bf16)
 
     def standardize(self, frames: np.ndarray, heard: Moments) -> np.ndarray:
         """Frames as the checkpoint expects them: standardized by what was `heard` of their speaker."""
