@@ -1,7 +1,7 @@
 """Inference helpers shared by `fdrl eval`, training's validation and the live engine.
 
 They live apart from training and evaluation so that the live path loads neither: a running
-recognizer needs the device, the model's posteriors and the face fusion, nothing that trains.
+recognizer needs the device, the model's posteriors, the words reader and the face fusion, nothing that trains.
 """
 from __future__ import annotations
 
