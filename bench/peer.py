@@ -90,8 +90,9 @@ def score_emissions(tool: str, spoken: SpokenFile, k: int, finals: Sequence[tupl
             extra += 1
         else:
             first[owner] = t - ends[owner]
+    texts = [text for _, text in finals]
     return Scored(tool, spoken.name, k, len(finals), extra, len(ends) - len(first), dist(list(first.values())),
-                  word_error_rate(spoken.sentences, [text for _, text in finals]), [text for _, text in finals])
+                  word_error_rate(spoken.sentences, texts), texts)
 
 
 def run_peer(python: Path, spoken: SpokenFile, model: Path, options: dict) -> list[tuple[float, str]]:

@@ -235,7 +235,7 @@ def train_model(samples: Sequence[Sample], n_classes: int, cfg: Config, seed: in
 def fit_words_reader(samples: Sequence[Sample], n_classes: int, neutral: int | None, dialogue_neutral: float) -> WordsReader | None:
     """The words reader (`fdrl.predict.WordsReader`) of the text-only samples: multinomial logistic
     regression (scikit-learn, L2, C = 1) on each one's mean token state, DailyDialog's neutral turns
-    weighted as the FDRL head draws them (`draw_weights`). None without text-only samples."""
+    weighted as the FDRL head draws them (`draw_weights`). None unless the text-only samples have two labels or more."""
     from sklearn.linear_model import LogisticRegression
 
     text = [s for s in samples if words_alone(s)]

@@ -10,8 +10,8 @@ imbalance; the layers only need to separate the classes well.
 
 The tuning head (masked mean over tokens, dropout, linear) is thrown away: it only shapes the
 layers, and the FDRL head is trained afterwards on the tuned token states, with a reader of the
-same shape for words alone (`fdrl.predict.WordsReader`, fitted by `fdrl train` on its own rows). The epoch count is fixed
-in advance (no selection on dev), so the dev figures it prints are honest.
+same shape for words alone (`fdrl.predict.WordsReader`, fitted by `fdrl train` on its own rows).
+The epoch count is fixed in advance (no selection on dev), so the dev figures it prints are honest.
 
 Spoken dialogue: with `--dailydialog`, DailyDialog's train turns join GoEmotions, each read with
 its context (`encoders.text_context_turns` previous turns, `fdrl.inputs.Recipe.context`, the
