@@ -176,6 +176,7 @@ class Train(Section):
     balance_corpora: bool                        # each speech corpus contributes equally per epoch
     speaker_subsets: bool                        # normalize each clip by a random subset of its speaker's clips
     dialogue_neutral: float = span(0.0, 1.0)     # how likely a DailyDialog neutral turn is drawn, relative to other text
+    augment_copies: int = span(0, 10)            # perturbed copies of each training clip (fdrl/augment.py)
 
 
 @dataclass

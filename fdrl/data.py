@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fdrl import labels
+from fdrl.augment import Augment
 from fdrl.errors import UserError
 from fdrl.outputs import path_kind, write_atomic
 from fdrl.skips import SkipLog
@@ -48,6 +49,7 @@ class Item:
     end: float | None = None
     corpus: str = ""
     context: tuple[str, ...] = ()  # the turns said before this one in the same conversation, oldest first
+    augment: Augment | None = None  # training only: the audio is heard through this perturbation (fdrl/augment.py)
     where: str = field(default="", compare=False)  # "m.jsonl line 7" or the file: for messages, not identity
 
     @property

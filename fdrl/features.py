@@ -102,8 +102,9 @@ class FeatureCache:
 
 
 def _clip_key(identity: str, item: Item, path: Path, *extra: str) -> str:
-    """Cache key of what an encoder made of `path` over the item's time span."""
-    return _digest(identity, hashlib.sha256(path.read_bytes()).hexdigest(), f"{item.start}:{item.end}", *extra)
+    """Cache key of what an encoder made of `path` over the item's time span (and perturbation)."""
+    augment = [item.augment.tag] if item.augment else []
+    return _digest(identity, hashlib.sha256(path.read_bytes()).hexdigest(), f"{item.start}:{item.end}", *extra, *augment)
 
 
 class FeatureExtractor:
@@ -286,12 +287,14 @@ class FeatureExtractor:
             lambda idx: [self.encode_video(items[i]) for i in idx])
 
     def speech(self, item: Item) -> np.ndarray:
-        """The item's audio (its time span), cropped to the speech; a UserError when too short to label."""
+        """The item's audio (its time span), cropped to the speech (then perturbed, for an augmented
+        copy: the crop is the clean clip's); a UserError when too short to label."""
         audio = decode_audio(item.audio, item.start, item.end)
         if audio.size < MIN_SPEECH_SAMPLES:
             raise UserError(f"{item.audio}: {audio.size / SAMPLE_RATE:.3f} s of audio is too short to label "
                             f"(at least {MIN_SPEECH_SAMPLES / SAMPLE_RATE:g} s: give a longer clip)")
-        return self.crop(audio)
+        audio = self.crop(audio)
+        return item.augment.apply(audio) if item.augment else audio
 
     def crop(self, audio: np.ndarray) -> np.ndarray:
         """The speech part of a clip, as the live VAD would cut it; the whole clip if VAD hears none."""

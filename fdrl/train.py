@@ -13,12 +13,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
 
-from fdrl import metrics
+from fdrl import augment, metrics
 from fdrl.config import Config
 from fdrl.inputs import Sample
 from fdrl.labels import neutral_index
@@ -28,6 +28,10 @@ from fdrl.calibration import ece, fit_temperature, softmax
 from fdrl.predict import WordsReader, pooled_words, predict_logits, predict_proba, read_words, words_alone
 from fdrl.skips import SkipLog, extract_each
 from fdrl.speaker import SpeakerNorm, SubsetNorm, standardize
+
+if TYPE_CHECKING:
+    from fdrl.data import Item
+    from fdrl.features import FeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -301,18 +305,28 @@ def held_out_logits(model: FDRL, val: Sequence[Sample], norm: SpeakerNorm | None
     return out
 
 
+def fold_training(samples: Sequence[Sample], train_idx: Sequence[int], extra_train: Sequence[Sample] = (),
+                  augmented: Sequence[tuple[int, Sample]] = ()) -> list[Sample]:
+    """A fold's training samples: its own, the extra ones (text) and the augmented copies of its own
+    only, so no perturbed copy of a held-out clip is ever trained on."""
+    own = set(train_idx)
+    return [samples[i] for i in train_idx] + list(extra_train) + [twin for source, twin in augmented if source in own]
+
+
 def cross_validate(samples: Sequence[Sample], folds: list[tuple[list[int], list[int]]], labels: Sequence[str],
                    cfg: Config, seeds: Sequence[int], extra_train: Sequence[Sample] = (),
                    on_fold: Callable[[FoldResult], None] | None = None,
-                   paired_text: Sequence[Sample] = ()) -> list[FoldResult]:
-    """Train on each fold's training speakers (+ `extra_train`, e.g. GoEmotions) and score its held-out
+                   paired_text: Sequence[Sample] = (),
+                   augmented: Sequence[tuple[int, Sample]] = ()) -> list[FoldResult]:
+    """Train on each fold's training speakers (+ `extra_train`, e.g. GoEmotions, + the `augmented`
+    copies (index of the clean sample, copy) of its training samples) and score its held-out
     speakers, with their speaker known and without (and with `paired_text`: `held_out_logits`); each
     result keeps its held-out logits (for the calibration fitted on held-out folds only)."""
     results = []
     neutral = neutral_index(labels)
     for seed in seeds:
         for k, (train_idx, val_idx) in enumerate(folds):
-            train = [samples[i] for i in train_idx] + list(extra_train)
+            train = fold_training(samples, train_idx, extra_train, augmented)
             norm = fit_speaker_norm(train, cfg)  # the held-out speakers are normalized by their own clips
             model = train_model(train, len(labels), cfg, seed=seed, norm=norm)
             val = [samples[i] for i in val_idx]
@@ -325,6 +339,16 @@ def cross_validate(samples: Sequence[Sample], folds: list[tuple[list[int], list[
             if on_fold:
                 on_fold(r)
     return results
+
+
+def extract_copies(extractor: FeatureExtractor, items: Sequence[Item], labels: Sequence[str], skips: SkipLog,
+                   n: int, progress: Callable[[int], None] | None = None) -> list[tuple[int, Sample]]:
+    """The samples of `n` augmented copies of each of `items` (`fdrl.augment.copies`), as (index of
+    the clean item, sample); a copy that cannot be encoded is skipped like any item."""
+    pairs = augment.copies(items, n)
+    kept, samples = extract_each(extractor, [twin for _, twin in pairs], labels, skips, progress=progress)
+    source = {id(twin): i for i, twin in pairs}
+    return [(source[id(item)], sample) for item, sample in zip(kept, samples)]
 
 
 def flat_targets(n: int, n_classes: int, neutral: int | None) -> np.ndarray:
@@ -460,10 +484,14 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: str | None = Non
         speech, speech_s = extract_each(extractor, speech, labels, log, progress=advance)
         text, text_s = extract_each(extractor, text, labels, log, progress=advance)
         dev, dev_s = extract_each(extractor, dev, labels, log, progress=advance)
+    augmented: list[tuple[int, Sample]] = []
+    if cfg.train.augment_copies and speech:
+        with progress("encoding augmented copies", cfg.train.augment_copies * len(speech)) as advance:
+            augmented = extract_copies(extractor, speech, labels, log, cfg.train.augment_copies, progress=advance)
     if not speech_s and not text_s:
         raise UserError(f"nothing to train on: every item was skipped ({len(log)}, see the warnings above)")
 
-    result: dict = {"labels": labels, "n_speech": len(speech_s), "n_text": len(text_s), **log.summary(),
+    result: dict = {"labels": labels, "n_speech": len(speech_s), "n_augmented": len(augmented), "n_text": len(text_s), **log.summary(),
                     "config": cfg.to_dict()}
     variants = VARIANTS if ablation else ({"FDRL": {}} if cv else {})
     if variants:
@@ -481,7 +509,8 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: str | None = Non
     for name, changes in variants.items():
         vcfg = variant_config(cfg, changes)
         with progress(f"CV {name}", len(folds) * len(seed_list)) as advance:
-            runs = cross_validate(speech_s, folds, labels, vcfg, seed_list, extra_train=text_s, on_fold=lambda r: advance(1))
+            runs = cross_validate(speech_s, folds, labels, vcfg, seed_list, extra_train=text_s, on_fold=lambda r: advance(1),
+                                  augmented=augmented)
         per_seed = {s: [r for r in runs if r.seed == s] for s in seed_list}
         table[name] = {m: mean_std([np.mean([getattr(r, m) for r in rs]) for rs in per_seed.values()])
                        for m in ("war", "uar", "macro_f1", "uar_no_speaker")}
@@ -494,9 +523,10 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: str | None = Non
         result["cross_validation"] = {"kind": cv or "speaker", "folds": len(folds), "seeds": seed_list, "table": table,
                                       "temperature": temperature}
 
-    norm = fit_speaker_norm(speech_s + text_s, cfg)
+    train = speech_s + [twin for _, twin in augmented] + text_s
+    norm = fit_speaker_norm(train, cfg)
     with progress("final fit", cfg.train.epochs) as advance:
-        model = train_model(speech_s + text_s, len(labels), cfg, on_epoch=lambda e, parts: advance(1), norm=norm)
+        model = train_model(train, len(labels), cfg, on_epoch=lambda e, parts: advance(1), norm=norm)
     reader = fit_words_reader(text_s, len(labels), neutral_index(labels), cfg.train.dialogue_neutral)
     if dev_s:
         y_dev, p_dev = np.array([s.label for s in dev_s]), predict_proba(model, dev_s, temperature=temperature)

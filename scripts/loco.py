@@ -14,6 +14,7 @@ given an emotion's words that take that emotion (`flat_words_heard`).
     .venv/bin/python scripts/loco.py ../shared/data --cv corpus --set train.balance_corpora=true --out runs/loco-balanced.npz
     .venv/bin/python scripts/loco.py ../shared/data --goemotions-rows 8000 --paired --set train.neutral_voice_words=0.5 --out runs/nvw.npz
     .venv/bin/python scripts/loco.py ../shared/data --cv ravdess --out runs/ravdess-only.npz   # train on RAVDESS, test TESS + EMOVO
+    .venv/bin/python scripts/loco.py ../shared/data --goemotions-rows 8000 --set train.augment_copies=1 --out runs/aug1.npz
     .venv/bin/python scripts/loco.py ../shared/data --checkpoint runs/r0.safetensors --test tess,emovo --out runs/r0.npz  # score a checkpoint
 """
 from __future__ import annotations
@@ -30,7 +31,7 @@ from fdrl.calibration import ece, fit_temperature, softmax
 from fdrl.features import FeatureExtractor
 from fdrl.skips import SkipLog, extract_each
 from fdrl.labels import neutral_index
-from fdrl.train import FoldResult, cross_validate, held_out_logits, words_heard
+from fdrl.train import FoldResult, cross_validate, extract_copies, held_out_logits, words_heard
 
 
 def main() -> None:
@@ -71,12 +72,14 @@ def main() -> None:
     if args.paired:
         dev = data.load_goemotions(args.data / "goemotions" / "dev.tsv", skips=skips)
         _, paired = extract_each(extractor, dev, labels, skips)
-    logging.info("encoded %d clips, %d texts, %d skipped", len(speech), len(text_s), len(skips))
+    augmented = (extract_copies(extractor, items, labels, skips, cfg.train.augment_copies)
+                 if cfg.train.augment_copies and not args.checkpoint else [])
+    logging.info("encoded %d clips, %d augmented copies, %d texts, %d skipped", len(speech), len(augmented), len(text_s), len(skips))
     if args.fit:
         from fdrl import checkpoint
         from fdrl.train import fit_speaker_norm, input_dims, train_model
-        norm = fit_speaker_norm(speech + text_s, cfg)
-        model = train_model(speech + text_s, len(labels), cfg, norm=norm)
+        norm = fit_speaker_norm(speech + [twin for _, twin in augmented] + text_s, cfg)
+        model = train_model(speech + [twin for _, twin in augmented] + text_s, len(labels), cfg, norm=norm)
         checkpoint.save(args.fit, model, labels, input_dims(speech + text_s), extractor.encoder_ids, cfg.model,
                         {"trained_on": names}, speaker_norm=norm)
         return
@@ -104,7 +107,7 @@ def main() -> None:
             logging.info("fold %d: UAR %.3f, without speaker %.3f", r.fold, r.uar, r.uar_no_speaker)
             np.savez(args.out.with_suffix(f".fold{r.fold}.npz"), val=np.array(r.val_idx), **r.logits)
         runs = cross_validate(speech, folds, labels, cfg, [cfg.train.seed], extra_train=text_s, on_fold=done,
-                              paired_text=paired)
+                              paired_text=paired, augmented=augmented)
     corpus = np.array([it.corpus for it in items])
     y = np.array([s.label for s in speech])
     arrays = {"y": y, "corpus": corpus}

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from fdrl import config
 from fdrl.errors import UserError
-from fdrl.train import VARIANTS, Corpora, train_command
+from fdrl.train import VARIANTS, Corpora, train_command, variant_config
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,20 @@ def test_text_dropout_spares_the_rows_it_is_told_to_keep():
     keep = torch.tensor([True, False, True, False])
     batch = drop_text(collate(rows, {"audio": 4, "text": 4}), 1.0, torch.Generator().manual_seed(0), keep)
     assert batch.mask["text"].any(1).tolist() == [True, False, True, False]
+
+
+def test_augmented_copies_train_beside_the_clean_clips(cfg, mini_corpus, tmp_path):
+    """`train.augment_copies`: each clip is also heard perturbed (the encoders see the perturbed audio)
+    and trained on, in the folds and the final fit; the copies are reported."""
+    from fdrl import augment
+    from fdrl.data import load_manifest
+    from fdrl.features import FeatureExtractor
+    aug_cfg = variant_config(cfg, {"train": {"augment_copies": 1}})
+    result = train_command(aug_cfg, Corpora(manifests=[mini_corpus / "manifest.jsonl"]), tmp_path / "m.safetensors", cv="speaker")
+    assert result["n_augmented"] == result["n_speech"] == 8
+    clip = next(it for it in load_manifest(mini_corpus / "manifest.jsonl", list(cfg.labels.names)) if it.audio is not None)
+    [(_, twin)] = augment.copies([clip], 1)
+    extractor = FeatureExtractor(aug_cfg, cache=False)
+    clean, heard = extractor.speech(clip), extractor.speech(twin)
+    assert heard.size == pytest.approx(clean.size / twin.augment.speed, abs=2)
+    assert np.array_equal(heard, twin.augment.apply(clean))
