@@ -21,13 +21,15 @@ import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from fdrl import labels
-from fdrl.augment import Augment
 from fdrl.errors import UserError
 from fdrl.outputs import path_kind, write_atomic
 from fdrl.skips import SkipLog
+
+if TYPE_CHECKING:
+    from fdrl.augment import Augment
 
 # A transcript longer than this is a wrong column or a whole document, not an utterance (MiniLM
 # reads only its first `encoders.text_max_tokens` tokens anyway): the line is skipped, not tokenized.

@@ -308,7 +308,8 @@ def held_out_logits(model: FDRL, val: Sequence[Sample], norm: SpeakerNorm | None
 def fold_training(samples: Sequence[Sample], train_idx: Sequence[int], extra_train: Sequence[Sample] = (),
                   augmented: Sequence[tuple[int, Sample]] = ()) -> list[Sample]:
     """A fold's training samples: its own, the extra ones (text) and the augmented copies of its own
-    only, so no perturbed copy of a held-out clip is ever trained on."""
+    only, so no perturbed copy of a held-out clip is ever trained on. The final fit is the fold that
+    holds nothing out."""
     own = set(train_idx)
     return [samples[i] for i in train_idx] + list(extra_train) + [twin for source, twin in augmented if source in own]
 
@@ -523,7 +524,7 @@ def train_command(cfg: Config, corpora: Corpora, out: Path, cv: str | None = Non
         result["cross_validation"] = {"kind": cv or "speaker", "folds": len(folds), "seeds": seed_list, "table": table,
                                       "temperature": temperature}
 
-    train = speech_s + [twin for _, twin in augmented] + text_s
+    train = fold_training(speech_s, range(len(speech_s)), text_s, augmented)
     norm = fit_speaker_norm(train, cfg)
     with progress("final fit", cfg.train.epochs) as advance:
         model = train_model(train, len(labels), cfg, on_epoch=lambda e, parts: advance(1), norm=norm)

@@ -77,9 +77,10 @@ def main() -> None:
     logging.info("encoded %d clips, %d augmented copies, %d texts, %d skipped", len(speech), len(augmented), len(text_s), len(skips))
     if args.fit:
         from fdrl import checkpoint
-        from fdrl.train import fit_speaker_norm, input_dims, train_model
-        norm = fit_speaker_norm(speech + [twin for _, twin in augmented] + text_s, cfg)
-        model = train_model(speech + [twin for _, twin in augmented] + text_s, len(labels), cfg, norm=norm)
+        from fdrl.train import fit_speaker_norm, fold_training, input_dims, train_model
+        train = fold_training(speech, range(len(speech)), text_s, augmented)
+        norm = fit_speaker_norm(train, cfg)
+        model = train_model(train, len(labels), cfg, norm=norm)
         checkpoint.save(args.fit, model, labels, input_dims(speech + text_s), extractor.encoder_ids, cfg.model,
                         {"trained_on": names}, speaker_norm=norm)
         return
