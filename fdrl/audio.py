@@ -17,6 +17,7 @@ import numpy as np
 from fdrl.errors import UserError
 
 SAMPLE_RATE = 16000
+WHISPER_WINDOW_S = 30  # Whisper's fixed input window; encoders.whisper_window_s may pad less
 MIN_SPEECH_SAMPLES = SAMPLE_RATE // 10  # shorter audio holds no word and no emotion to label
 
 CONVERT_HINT = "convert it to WAV or FLAC, or pass another file"

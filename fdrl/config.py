@@ -108,6 +108,7 @@ class Encoders(Section):
     whisper_compute_type_cuda: str
     whisper_threads: int = span(0, 256)          # 0 = one per core
     whisper_layer: int = span(0, 32)             # 0 = the last block's states after LayerNorm (CTranslate2's output)
+    whisper_window_s: int = span(1, 30)          # an utterance's last window is padded to a multiple of this (30 = Whisper's fixed window)
     audio_frame_stride: int = span(1, 50)
     prosody: bool
     text_model: str

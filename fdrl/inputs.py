@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from fdrl.audio import WHISPER_WINDOW_S
 from fdrl.config import Config
 from fdrl.prosody import PROSODY_ID, join, prosody
 
@@ -132,7 +133,8 @@ def encoder_ids(cfg: Config) -> dict[str, object]:
     e = cfg.encoders
     context = f":context{e.text_context_turns}" if e.text_context_turns else ""
     layer = f":layer{e.whisper_layer}" if e.whisper_layer else ""
-    return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}{layer}",
+    window = f":window{e.whisper_window_s}s" if e.whisper_window_s != WHISPER_WINDOW_S else ""
+    return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}{layer}{window}",
             "text": f"{e.text_model}:{e.text_max_tokens}:{tuned_id(tuned_path(cfg))}{context}",
             "audio_frame_stride": e.audio_frame_stride, "prosody": PROSODY_ID if e.prosody else "off",
             "face": Path(cfg.paths.face_weights).name}

@@ -5,8 +5,12 @@ exactly the acoustic features the FDRL audio branch wants. So `process` encodes 
 utterances in one CTranslate2 call, keeps each utterance's frames for the model, and hands the same
 encoder output to faster-whisper's decoder instead of letting it encode again.
 
-Whisper always encodes a 30-s window (3000 mel frames -> 1500 states, 20 ms apart). An utterance's
-own frames are the first ceil(samples / 320) states; the rest describe padding and are cut off.
+Whisper encodes 30-s windows (3000 mel frames -> 1500 states, 20 ms apart), padding an utterance's
+last (often only) window to 30 s. `window_s` (config `encoders.whisper_window_s`) pads it only to
+the next multiple of that many seconds: most of a short utterance's encoder time goes to padding, and
+the encoder accepts shorter input, but its states depend on the padding, so a checkpoint is trained
+for one value. An utterance's own frames are the first ceil(samples / 320) states; the rest describe
+padding and are cut off.
 
 The model's frames may come from a lower encoder block (`layer`, config `encoders.whisper_layer`),
 which carries more of the voice than the last one (models/README.md, the layer probe). CTranslate2
@@ -35,13 +39,13 @@ from faster_whisper.transcribe import Segment as DecodedSegment
 from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
 from fdrl import cuda_libs
-from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE
+from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE, WHISPER_WINDOW_S
 from fdrl.config import Config
 from fdrl.errors import UserError
 from fdrl.whisper_encoder import WhisperEncoder
 
 SAMPLES_PER_FRAME = 320       # one encoder state per 20 ms at 16 kHz
-WINDOW_SAMPLES = 30 * SAMPLE_RATE
+WINDOW_SAMPLES = WHISPER_WINDOW_S * SAMPLE_RATE
 WINDOW_FRAMES = WINDOW_SAMPLES // SAMPLES_PER_FRAME  # 1500 states per 30-s window
 WINDOW_MELS = 2 * WINDOW_FRAMES  # 3000 log-mel frames (10 ms) per window; the encoder halves them
 # Windows per encoder call. A GPU gains from large batches; on CPU the 30-s attention matrices make
@@ -93,9 +97,14 @@ class Whisper:
         log_prob_threshold: float = -1.0,
         word_timestamps: bool = True,
         layer: int = 0,
+        window_s: int = WHISPER_WINDOW_S,
     ) -> None:
         self.path, self.name = _model_folder(model)
         self.layer = layer
+        if not 1 <= window_s <= WHISPER_WINDOW_S:
+            raise UserError(f"encoders.whisper_window_s = {window_s}: use 1..{WHISPER_WINDOW_S} seconds")
+        self.window_s = window_s
+        self.window_mels = window_s * WINDOW_MELS // WHISPER_WINDOW_S  # the last window's length is a multiple of this
         self.device = device
         self.compute_type = compute_type
         self.no_speech_threshold = no_speech_threshold
@@ -148,7 +157,7 @@ class Whisper:
             compute_type=enc.whisper_compute_type_cuda if device == "cuda" else enc.whisper_compute_type,
             threads=enc.whisper_threads, language=asr.language, beam_size=asr.beam_size,
             no_speech_threshold=asr.no_speech_threshold, log_prob_threshold=asr.log_prob_threshold,
-            word_timestamps=asr.word_timestamps, layer=enc.whisper_layer,
+            word_timestamps=asr.word_timestamps, layer=enc.whisper_layer, window_s=enc.whisper_window_s,
         )
 
     @cached_property
@@ -159,7 +168,8 @@ class Whisper:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
         layer = f":layer{self.layer}" if self.layer else ""
-        return f"whisper:{self.name}:{self.compute_type}:{digest.hexdigest()}{layer}"
+        window = f":window{self.window_s}s" if self.window_s != WHISPER_WINDOW_S else ""
+        return f"whisper:{self.name}:{self.compute_type}:{digest.hexdigest()}{layer}{window}"
 
     @cached_property
     def port(self) -> WhisperEncoder:
@@ -175,7 +185,7 @@ class Whisper:
     def process(self, audios: list[np.ndarray], transcribe: bool = True) -> list[tuple[np.ndarray, Transcript | None]]:
         """Encoder frames [T, D] float32 for each utterance and, if asked, its transcript, from one encoder pass.
 
-        All 30-s windows go to one batched encode (split into calls of ENCODE_BATCH[device] windows).
+        All windows go to one batched encode (calls of up to ENCODE_BATCH[device] windows of one length).
         """
         results: list[tuple[np.ndarray, Transcript | None]] = []
         for audio, features, frames, window in self._encode_utterances(audios):
@@ -188,7 +198,7 @@ class Whisper:
         return [frames for _, _, frames, _ in self._encode_utterances(audios, decode=False)]
 
     def encode_shared(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(frames [T, D], first window's full encoder output [1500, D]) for each utterance, in one batched pass.
+        """(frames [T, D], first window's full encoder output [window states, D]) for each utterance, in one batched pass.
 
         For callers that act on the frames before transcribing (the live view shows the emotion
         first): pass the second item to `transcribe(audio, encoder_output=...)` later.
@@ -196,18 +206,21 @@ class Whisper:
         return [(frames, window) for _, _, frames, window in self._encode_utterances(audios)]
 
     def transcribe(self, audio: np.ndarray, encoder_output: np.ndarray | None = None) -> Transcript:
-        """Transcribe one utterance. `encoder_output` is the full [1500, D] output of its first 30-s window
-        (from `encode_shared`), so the encoder is not run again; None encodes here."""
-        if encoder_output is not None and encoder_output.shape[0] != WINDOW_FRAMES:
-            raise ValueError(f"encoder_output must be a full window [{WINDOW_FRAMES}, D], got {encoder_output.shape}")
-        return self._transcribe(self._features(audio), audio.size, encoder_output)
+        """Transcribe one utterance. `encoder_output` is the full output of its first window (from
+        `encode_shared`), so the encoder is not run again; None encodes here."""
+        features = self._features(audio)
+        if encoder_output is not None:
+            expected = _windows(features, audio.size, self.window_mels)[0].shape[-1] // 2
+            if encoder_output.shape[0] != expected:
+                raise ValueError(f"encoder_output must be the utterance's first window [{expected}, D], got {encoder_output.shape}")
+        return self._transcribe(features, audio.size, encoder_output)
 
     # -- pieces ----------------------------------------------------------------------------------
 
     def windows(self, audio: np.ndarray) -> list[np.ndarray]:
-        """The 30-s log-mel windows [n_mels, 3000] the encoder sees for an utterance."""
+        """The log-mel windows [n_mels, frames] the encoder sees for an utterance."""
         audio = np.asarray(audio, np.float32)
-        return _windows(self._features(audio), audio.size)
+        return _windows(self._features(audio), audio.size, self.window_mels)
 
     def _features(self, audio: np.ndarray) -> np.ndarray:
         """Log-mel spectrogram [n_mels, frames] of the whole utterance, as faster-whisper computes it."""
@@ -222,46 +235,36 @@ class Whisper:
             return []
         audios = [np.asarray(a, np.float32) for a in audios]
         features = [self._features(a) for a in audios]
-        mels = [w for f, a in zip(features, audios) for w in _windows(f, a.size)]
-        counts = [max(1, math.ceil(a.size / WINDOW_SAMPLES)) for a in audios]
-        if self.layer:
-            states, outputs = self._port_states(mels, decode)
-        else:
-            states = outputs = self._encode(mels)
+        windows = [_windows(f, a.size, self.window_mels) for f, a in zip(features, audios)]
+        mels = [w for ws in windows for w in ws]
+        states, outputs = self._port_states(mels, decode) if self.layer else (self._encode(mels),) * 2
         out = []
         first = 0
-        for audio, feats, n in zip(audios, features, counts):
-            mine = states[first:first + n]
+        for audio, feats, ws in zip(audios, features, windows):
             # Every window but the last is full, so the utterance's frames are a prefix of them all.
-            frames = mine.reshape(-1, mine.shape[-1])[:frame_count(audio.size)].copy()
+            frames = np.concatenate(states[first:first + len(ws)])[:frame_count(audio.size)].copy()  # not a view of the padding
             # faster-whisper reuses an encoder output for its first window only; later windows of a
             # long file start where the decoded text ends, so it encodes them itself.
             out.append((audio, feats, frames, None if outputs is None else outputs[first]))
-            first += n
+            first += len(ws)
         return out
 
-    def _port_states(self, mels: list[np.ndarray], decode: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """From the torch port, batched: block `layer`'s states [N, 1500, D] float32 for N windows and,
-        if `decode`, the encoder's output (after the last block and its LayerNorm) for the decoder."""
-        states, outputs = [], []
-        size = ENCODE_BATCH.get(self.device, 2)
+    def _port_states(self, mels: list[np.ndarray], decode: bool) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """From the torch port, batched: block `layer`'s states [window states, D] float32 for each
+        window and, if `decode`, the encoder's output (after the last block and its LayerNorm) for the decoder."""
+        def run(batch: np.ndarray) -> list[np.ndarray]:
+            every = self.port(torch.from_numpy(batch).to(self.device), upto=None if decode else self.layer)
+            return [every[self.layer - 1].cpu().numpy(), every[-1].cpu().numpy()]
         with torch.inference_mode():
-            for lo in range(0, len(mels), size):
-                batch = torch.from_numpy(np.stack(mels[lo:lo + size]).astype(np.float32)).to(self.device)
-                every = self.port(batch, upto=None if decode else self.layer)
-                states.append(every[self.layer - 1].cpu().numpy())
-                outputs.append(every[-1].cpu().numpy())
-        return np.concatenate(states), np.concatenate(outputs) if decode else None
+            states, outputs = _batched(mels, ENCODE_BATCH.get(self.device, 2), run)
+        return states, outputs if decode else None
 
-    def _encode(self, mels: list[np.ndarray]) -> np.ndarray:
-        """Encoder outputs [N, 1500, D] float32 for N windows of [n_mels, 3000], batched."""
-        outputs = []
-        size = ENCODE_BATCH.get(self.model.model.device, 2)  # the device CTranslate2 chose
-        for lo in range(0, len(mels), size):
-            batch = np.ascontiguousarray(np.stack(mels[lo:lo + size]), dtype=np.float32)
+    def _encode(self, mels: list[np.ndarray]) -> list[np.ndarray]:
+        """CTranslate2's encoder outputs [window states, D] float32 for windows of [n_mels, frames], batched."""
+        def run(batch: np.ndarray) -> list[np.ndarray]:
             out = self.model.model.encode(ctranslate2.StorageView.from_array(batch), to_cpu=True)
-            outputs.append(np.array(out, dtype=np.float32))  # copies out of CTranslate2's buffer
-        return np.concatenate(outputs)
+            return [np.array(out, dtype=np.float32)]  # copies out of CTranslate2's buffer
+        return _batched(mels, ENCODE_BATCH.get(self.model.model.device, 2), run)[0]  # the device CTranslate2 chose
 
     def _transcribe(self, features: np.ndarray, num_samples: int, encoder_output: np.ndarray | None) -> Transcript:
         duration = num_samples / SAMPLE_RATE
@@ -302,12 +305,32 @@ class Whisper:
                 or (bool(words) and float(np.mean([w.probability for w in words])) < MIN_WORD_PROBABILITY))
 
 
-def _windows(features: np.ndarray, num_samples: int) -> list[np.ndarray]:
-    """Consecutive 30-s windows [n_mels, 3000] of an utterance's log-mel spectrogram, each built exactly
-    as faster-whisper builds the window it decodes (so a reused encoder output is the one it would compute)."""
+def _windows(features: np.ndarray, num_samples: int, last_mels: int = WINDOW_MELS) -> list[np.ndarray]:
+    """Consecutive windows of an utterance's log-mel spectrogram, each built exactly as faster-whisper
+    builds the window it decodes (so a reused encoder output is the one it would compute): 30-s windows,
+    the last padded to the next multiple of `last_mels` frames (Whisper's own: always 30 s)."""
     content = features.shape[-1] - 1  # faster-whisper's count: the last frame only covers padding
     count = max(1, math.ceil(num_samples / WINDOW_SAMPLES))
-    return [pad_or_trim(features[:, s:min(s + WINDOW_MELS, content)]) for s in range(0, count * WINDOW_MELS, WINDOW_MELS)]
+    windows = []
+    for start in range(0, count * WINDOW_MELS, WINDOW_MELS):
+        part = features[:, start:min(start + WINDOW_MELS, content)]
+        windows.append(pad_or_trim(part, min(WINDOW_MELS, last_mels * max(1, math.ceil(part.shape[-1] / last_mels)))))
+    return windows
+
+
+def _batched(windows: list[np.ndarray], size: int, run: Callable[[np.ndarray], list[np.ndarray]]) -> list[list[np.ndarray]]:
+    """`run` on batches of up to `size` windows of one length; each of its outputs [batch, ...] comes
+    back as one list with a row per window, in the windows' order."""
+    by_length: dict[int, list[int]] = {}
+    for i, w in enumerate(windows):
+        by_length.setdefault(w.shape[-1], []).append(i)
+    rows: dict[int, list[np.ndarray]] = {}
+    for indices in by_length.values():
+        for lo in range(0, len(indices), size):
+            part = indices[lo:lo + size]
+            outputs = run(np.ascontiguousarray(np.stack([windows[i] for i in part]), dtype=np.float32))
+            rows |= {i: [out[k] for out in outputs] for k, i in enumerate(part)}
+    return [list(column) for column in zip(*(rows[i] for i in range(len(windows))))]
 
 
 def _cores() -> int:

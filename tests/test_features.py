@@ -52,6 +52,13 @@ def test_a_new_text_encoder_reuses_the_cached_audio(items, tmp_path, monkeypatch
     assert np.array_equal(first.word_spans, again.word_spans)
 
 
+def test_the_encoder_window_is_part_of_the_audio_identity(tmp_path):
+    default, window10 = _extractor(tmp_path), _extractor(tmp_path, "encoders.whisper_window_s=10")
+    assert default.encoder_ids["whisper"] == "bundled:int8:layer2"  # the shipped checkpoint's, unchanged
+    assert window10.encoder_ids["whisper"] == "bundled:int8:layer2:window10s"  # a checkpoint is trained for one window
+    assert default.encoder_ids["text"] == window10.encoder_ids["text"]
+
+
 def test_a_torn_cache_file_is_recomputed(items, tmp_path):
     text_item = items[2]
     _extractor(tmp_path).extract([text_item], LABELS)

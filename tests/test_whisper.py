@@ -159,8 +159,27 @@ def test_encode_shared_then_transcribe_does_not_encode_again(whisper, happy, win
         np.testing.assert_array_equal(full[:len(frames)], frames)  # frames are the window's first states
     monkeypatch.setattr(whisper.model, "encode", lambda features: pytest.fail("encoder ran again"))
     assert word_recall(WINDOW, whisper.transcribe(window, encoder_output=shared[1][1]).text) >= MIN_RECALL
-    with pytest.raises(ValueError, match="full window"):
+    with pytest.raises(ValueError, match="first window"):
         whisper.transcribe(window, encoder_output=shared[1][0])  # the trimmed frames cannot be decoded
+
+
+def test_a_shorter_window_pads_the_last_window_less(happy):
+    short = Whisper(layer=2, window_s=5)
+    assert [w.shape[-1] for w in short.windows(happy)] == [500]  # a 2-3 s phrase: one 5-s window
+    assert [w.shape[-1] for w in short.windows(np.zeros(7 * SAMPLE_RATE, np.float32))] == [1000]
+    assert [w.shape[-1] for w in short.windows(np.zeros(33 * SAMPLE_RATE, np.float32))] == [3000, 500]
+    audios = [happy, np.zeros(33 * SAMPLE_RATE, np.float32)]
+    (frames, t), (long_frames, _) = short.process(audios)
+    assert frames.shape == (frame_count(happy.size), 384) and long_frames.shape == (1650, 384)
+    assert word_recall(HAPPY, t.text) >= MIN_RECALL, t.text
+    full = short.encode_shared([happy])[0][1]
+    assert full.shape == (250, 384)
+    assert short.transcribe(happy, encoder_output=full).text == t.text
+    alone, = short.encode([happy])
+    np.testing.assert_allclose(frames, alone, atol=1e-3)  # the same with or without a 33-s utterance beside it
+    assert short.model_id.endswith(":layer2:window5s")
+    with pytest.raises(UserError, match="whisper_window_s"):
+        Whisper(window_s=31)
 
 
 # -- identity and configuration ------------------------------------------------------------------
