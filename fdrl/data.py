@@ -63,6 +63,8 @@ class Item:
 # --- RAVDESS ------------------------------------------------------------------------------------
 
 RAVDESS_AUDIO = {".wav", ".flac"}
+# What RAVDESS's actors say, by statement code (SS): its text is known, so a transcript can be scored.
+RAVDESS_STATEMENTS = {"01": "kids are talking by the door", "02": "dogs are sitting by the door"}
 _RAVDESS_NAME = re.compile(r"^(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)-(\d\d)$")  # MM-VC-EE-II-SS-RR-AA
 
 

@@ -15,16 +15,27 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed: the checkout's
+from bench.latency import word_error_rate
 from fdrl import config
-from fdrl.asr_gate import signals
-from fdrl.data import load_emovo, load_ravdess, load_tess
+from fdrl.asr_gate import Gate, decide, signals
+from fdrl.data import RAVDESS_STATEMENTS, load_emovo, load_ravdess, load_tess
 from fdrl.features import FeatureExtractor
 
 SIGNALS = ("avg_logprob", "mean_word_prob", "no_speech_prob", "compression_ratio")
+
+
+def reference(corpus: str, file: str) -> str | None:
+    """What was said in an English clip (RAVDESS names its statement, TESS its word); None for EMOVO."""
+    stem = Path(file).stem
+    if corpus == "ravdess":
+        return RAVDESS_STATEMENTS[stem.split("-")[4]]
+    return f"say the word {stem.split('_')[1]}" if corpus == "tess" else None
 
 
 def main() -> None:
@@ -38,7 +49,9 @@ def main() -> None:
     rng = random.Random(args.seed)
     corpora = {"ravdess": load_ravdess(args.data / "ravdess"), "tess": load_tess(args.data / "tess"),
                "emovo": load_emovo(args.data / "emovo")}
-    extractor = FeatureExtractor(config.load(overrides=args.set), "cpu", cache=False)
+    cfg = config.load(overrides=args.set)
+    extractor = FeatureExtractor(cfg, "cpu", cache=False)
+    gate = Gate.from_config(cfg)
     rows = []
     for name, items in corpora.items():
         for it in rng.sample(items, min(args.per_corpus, len(items))):
@@ -46,7 +59,7 @@ def main() -> None:
             [(_, transcript)] = extractor.whisper.process([audio])
             rows.append({"corpus": name, "speaker": it.speaker, "label": it.label, "file": it.audio.name,
                          "seconds": round(len(audio) / 16000, 2), "text": transcript.text,
-                         **signals(transcript)})
+                         "kept": decide(transcript, gate) is None, **signals(transcript)})
             print(name, json.dumps(rows[-1]), flush=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -66,6 +79,11 @@ def summarize(rows: list[dict]) -> None:
         flip = max(((np.mean(e <= t) + np.mean(i > t)) / 2, t) for t in np.unique(np.concatenate([e, i])))
         print(f"{key:18s} keep if >= {best[1]:.3f}: balanced accuracy {best[0]:.3f}; keep if <= {flip[1]:.3f}: {flip[0]:.3f}")
     print("no words:", {name: sum(1 for r in rows if r["corpus"] == name and not r["n_words"]) for name in ("ravdess", "tess", "emovo")})
+    for name in ("ravdess", "tess", "emovo"):
+        mine = [r for r in rows if r["corpus"] == name]
+        wer = (f"WER {word_error_rate([reference(name, r['file']) for r in mine], [r['text'] for r in mine]):.1%}, "
+               if name != "emovo" else "")
+        print(f"{name:8s} n={len(mine):3d} {wer}transcripts kept by the gate {np.mean([r['kept'] for r in mine]):.1%}")
 
 
 if __name__ == "__main__":

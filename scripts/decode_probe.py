@@ -7,14 +7,17 @@ own pass (greedy and beam 5), and faster-whisper the way RealtimeSTT calls it (i
 pipeline, beam 5, Silero `vad_filter`, the int8 encoder). Printed per file and decoder: the WER
 and every transcript that differs from what was said.
 
-    .venv/bin/python scripts/decode_probe.py [--files plain,hesitant]
+    .venv/bin/python scripts/decode_probe.py [--files plain,hesitant] [--set encoders.whisper_window_s=10]
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
+from pathlib import Path
 
-from stream import process
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed: the checkout's
+from stream import process  # noqa: E402
 
 process.configure(reexec=False)  # as the `fdrl` command does, before torch is imported
 
@@ -39,8 +42,10 @@ async def segments(path: str) -> list[tuple[float, float]]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--files", default="plain,hesitant", help="bench.latency's files, comma-separated")
+    ap.add_argument("--set", action="append", default=[],
+                    help="config override for fdrl-stream's decoders (e.g. encoders.whisper_window_s=10); the segments stay the default's")
     args = ap.parse_args()
-    ours = {beam: Whisper.from_config(config.load(overrides=[f"asr.beam_size={beam}"]), "cpu") for beam in (1, 5)}
+    ours = {beam: Whisper.from_config(config.load(overrides=[*args.set, f"asr.beam_size={beam}"]), "cpu") for beam in (1, 5)}
     peer = BatchedInferencePipeline(Whisper(layer=0).model)  # CTranslate2's int8 encoder, as RealtimeSTT loads it
     decoders = {
         "fdrl-stream, greedy (default)": lambda a: ours[1].process([a])[0][1].text,

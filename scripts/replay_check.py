@@ -22,13 +22,11 @@ import numpy as np
 
 from fdrl import config
 from fdrl.audio import SAMPLE_RATE, decode_audio, write_wav
+from fdrl.data import RAVDESS_STATEMENTS
 from fdrl.labels import RAVDESS
 from stream.events import Utterance
 from stream.pipeline import Recognizer
 from stream.sources import FileSource
-
-RAVDESS_TEXT = {"01": "kids are talking by the door", "02": "dogs are sitting by the door"}
-
 
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
@@ -101,10 +99,10 @@ def main() -> None:
                 correct += hit
                 if k >= 10:
                     late, late_correct = late + 1, late_correct + hit
-            if statement in RAVDESS_TEXT and inside:
+            if statement in RAVDESS_STATEMENTS and inside:
                 heard = set(words(" ".join(u.text for u in inside)))
                 # clips are cut at 2.39 s: only the words that survive are expected (the first four)
-                expected = RAVDESS_TEXT[statement].split()[:4]
+                expected = RAVDESS_STATEMENTS[statement].split()[:4]
                 recall_hits += sum(w in heard for w in expected)
                 recall_total += len(expected)
     utts = [u for session in results for u in session]
