@@ -4,8 +4,9 @@ bench.peer compares two tools whose VADs cut the same file differently. This scr
 segments fixed, those fdrl-stream's live pipeline cuts from bench.latency's files (a fast replay
 with `live=True`, so the segmenter is the live one), and decodes them several ways: fdrl-stream's
 own pass (greedy and beam 5), and faster-whisper the way RealtimeSTT calls it (its batched
-pipeline, beam 5, Silero `vad_filter`, the int8 encoder). Printed per file and decoder: the WER
-and every transcript that differs from what was said.
+pipeline, beam 5, Silero `vad_filter`, the int8 encoder). Printed per file and decoder: the WER,
+the time per segment (encoder and decoder; on a quiet machine) and every transcript that differs
+from what was said.
 
     .venv/bin/python scripts/decode_probe.py [--files plain,hesitant] [--set encoders.whisper_window_s=10]
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # bench/ is not installed: the checkout's
@@ -60,8 +62,11 @@ def main() -> None:
         cuts = [audio[round(s * SAMPLE_RATE):round(e * SAMPLE_RATE)] for s, e in asyncio.run(segments(spoken.path))]
         print(f"{name}: {len(cuts)} segments for {len(spoken.sentences)} sentences")
         for label, decode in decoders.items():
+            decode(cuts[0])  # warm-up: the first call loads and plans
+            start = time.perf_counter()
             texts = [decode(cut) for cut in cuts]
-            print(f"  {label}: WER {word_error_rate(spoken.sentences, texts):.1%}")
+            per_segment = (time.perf_counter() - start) / len(cuts) * 1000
+            print(f"  {label}: WER {word_error_rate(spoken.sentences, texts):.1%}, {per_segment:.0f} ms per segment")
             if len(texts) == len(spoken.sentences):
                 for said, heard in zip(spoken.sentences, texts):
                     if normalize(said) != normalize(heard):
