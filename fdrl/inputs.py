@@ -121,6 +121,12 @@ def face_input(faces: Sequence) -> tuple[np.ndarray | None, np.ndarray | None]:
             np.mean([f.posterior for f in faces], axis=0).astype(np.float32))
 
 
+def whisper_variant(layer: int, window_s: int) -> str:
+    """What sets Whisper's states apart beyond its weights: the block read and the window padding
+    (empty for CTranslate2's last layer in 30-s windows, so older identities stay valid)."""
+    return (f":layer{layer}" if layer else "") + (f":window{window_s}s" if window_s != WHISPER_WINDOW_S else "")
+
+
 def encoder_ids(cfg: Config) -> dict[str, object]:
     """What a checkpoint must match: the identity of every encoder feeding the model.
 
@@ -132,9 +138,7 @@ def encoder_ids(cfg: Config) -> dict[str, object]:
     from fdrl.text import tuned_id, tuned_path
     e = cfg.encoders
     context = f":context{e.text_context_turns}" if e.text_context_turns else ""
-    layer = f":layer{e.whisper_layer}" if e.whisper_layer else ""
-    window = f":window{e.whisper_window_s}s" if e.whisper_window_s != WHISPER_WINDOW_S else ""
-    return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}{layer}{window}",
+    return {"whisper": f"{e.whisper_model}:{e.whisper_compute_type}{whisper_variant(e.whisper_layer, e.whisper_window_s)}",
             "text": f"{e.text_model}:{e.text_max_tokens}:{tuned_id(tuned_path(cfg))}{context}",
             "audio_frame_stride": e.audio_frame_stride, "prosody": PROSODY_ID if e.prosody else "off",
             "face": Path(cfg.paths.face_weights).name}

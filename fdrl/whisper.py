@@ -42,6 +42,7 @@ from fdrl import cuda_libs
 from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE, WHISPER_WINDOW_S
 from fdrl.config import Config
 from fdrl.errors import UserError
+from fdrl.inputs import whisper_variant
 from fdrl.whisper_encoder import WhisperEncoder
 
 SAMPLES_PER_FRAME = 320       # one encoder state per 20 ms at 16 kHz
@@ -167,9 +168,7 @@ class Whisper:
         with open(self.path / "model.bin", "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
-        layer = f":layer{self.layer}" if self.layer else ""
-        window = f":window{self.window_s}s" if self.window_s != WHISPER_WINDOW_S else ""
-        return f"whisper:{self.name}:{self.compute_type}:{digest.hexdigest()}{layer}{window}"
+        return f"whisper:{self.name}:{self.compute_type}:{digest.hexdigest()}{whisper_variant(self.layer, self.window_s)}"
 
     @cached_property
     def port(self) -> WhisperEncoder:

@@ -28,6 +28,7 @@ from stream.events import Utterance
 from stream.pipeline import Recognizer
 from stream.sources import FileSource
 
+
 def words(text: str) -> list[str]:
     return re.findall(r"[a-z']+", text.lower())
 
