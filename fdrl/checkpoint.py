@@ -25,6 +25,7 @@ import torch
 
 from fdrl import config as config_mod
 from fdrl.errors import UserError
+from fdrl.inputs import WHISPER_VARIANT_SETTINGS
 from fdrl.model import FDRL
 from fdrl.outputs import write_atomic
 from fdrl.predict import WordsReader
@@ -152,8 +153,9 @@ def load(path: Path, expected_encoders: dict[str, Any] | None = None, device: st
     for key, want in (expected_encoders or {}).items():
         have = encoders.get(key)
         if have != want:
+            which = f" ({WHISPER_VARIANT_SETTINGS})" if key == "whisper" else ""
             raise UserError(f"checkpoint {path} was trained with {key}={have!r} but the config gives {want!r}: "
-                            f"use the matching encoder settings or re-train")
+                            f"use the matching encoder settings{which} or re-train")
     try:
         model_config = config_mod.Model(**blob["model_config"])
         model = FDRL(model_config, blob["dims"], len(blob["labels"]))

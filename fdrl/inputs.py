@@ -121,9 +121,14 @@ def face_input(faces: Sequence) -> tuple[np.ndarray | None, np.ndarray | None]:
             np.mean([f.posterior for f in faces], axis=0).astype(np.float32))
 
 
+WHISPER_VARIANT_SETTINGS = (f"':layerN' is encoders.whisper_layer = N, ':windowNs' encoders.whisper_window_s = N; "
+                            f"without them 0 and {WHISPER_WINDOW_S}")
+
+
 def whisper_variant(layer: int, window_s: int) -> str:
     """What sets Whisper's states apart beyond its weights: the block read and the window padding
-    (empty for CTranslate2's last layer in 30-s windows, so older identities stay valid)."""
+    (empty for CTranslate2's last layer in 30-s windows, so older identities stay valid), read back
+    by people through `WHISPER_VARIANT_SETTINGS`."""
     return (f":layer{layer}" if layer else "") + (f":window{window_s}s" if window_s != WHISPER_WINDOW_S else "")
 
 

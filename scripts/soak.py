@@ -319,7 +319,7 @@ async def replay(cfg: Config, audio: SoakAudio, checkpoint: Path | None, warmup_
               for m in minutes if any(60 * m <= x.t < 60 * m + 60 for x in samples)]
     return SoakReport(
         minutes=round(audio.duration_s / 60, 2), audio_s=audio.duration_s, groups=audio.groups,
-        wall_s=round(wall, 1), x_realtime=round(audio.duration_s / wall, 2),
+        wall_s=round(wall, 2), x_realtime=round(audio.duration_s / wall, 2),
         utterances=utterances, errors=errors, segments_closed=final.segments_closed, no_speech=final.no_speech,
         accounting_ok=accounting_ok, rss_loaded_mb=rss_loaded, warmup_s=warmup_s,
         rss_warm_mb=rss_warm, rss_end_mb=rss_end, growth_mb=growth, rss_peak_mb=rss_mb("VmHWM"),

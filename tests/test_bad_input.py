@@ -619,6 +619,12 @@ def test_damaged_checkpoint(checkpoints, name, needle):
     assert_user_error(lambda: checkpoint.load(checkpoints[name], ENCODERS), str(checkpoints[name]), needle)
 
 
+def test_a_checkpoint_for_another_whisper_window_says_which_setting(tiny_checkpoint):
+    trained_on = checkpoint.load(tiny_checkpoint).encoders["whisper"]
+    assert_user_error(lambda: checkpoint.load(tiny_checkpoint, {"whisper": trained_on + ":window20s"}), str(tiny_checkpoint),
+                      "':windowNs' encoders.whisper_window_s = N; without them 0 and 30")
+
+
 def test_an_older_single_file_checkpoint_still_loads(checkpoints, tiny_checkpoint):
     old, new = checkpoint.load(checkpoints["legacy"], ENCODERS), checkpoint.load(tiny_checkpoint, ENCODERS)
     assert old.labels == new.labels and old.dims == new.dims
