@@ -1,6 +1,9 @@
 """The feature cache: a second pass runs no encoder, and changing one encoder re-runs only that one."""
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -10,6 +13,7 @@ from fdrl.features import FeatureExtractor
 from fdrl.prosody import PROSODY_DIM
 
 
+REPO = Path(__file__).resolve().parent.parent
 LABELS = ["neutral", "happiness", "sadness", "anger"]
 
 
@@ -53,10 +57,12 @@ def test_a_new_text_encoder_reuses_the_cached_audio(items, tmp_path, monkeypatch
 
 
 def test_the_encoder_window_is_part_of_the_audio_identity(tmp_path):
-    default, window10 = _extractor(tmp_path), _extractor(tmp_path, "encoders.whisper_window_s=10")
-    assert default.encoder_ids["whisper"] == "bundled:int8:layer2"  # the shipped checkpoint's, unchanged
+    window10, window30 = _extractor(tmp_path, "encoders.whisper_window_s=10"), _extractor(tmp_path, "encoders.whisper_window_s=30")
     assert window10.encoder_ids["whisper"] == "bundled:int8:layer2:window10s"  # a checkpoint is trained for one window
-    assert default.encoder_ids["text"] == window10.encoder_ids["text"]
+    assert window30.encoder_ids["whisper"] == "bundled:int8:layer2"  # Whisper's own window: checkpoints from before the setting
+    assert window10.encoder_ids["text"] == window30.encoder_ids["text"]
+    shipped = json.loads((REPO / "models" / "fdrl-default.json").read_text())["encoders"]
+    assert shipped["whisper"] == _extractor(tmp_path).encoder_ids["whisper"]  # the defaults are the shipped checkpoint's
 
 
 def test_a_torn_cache_file_is_recomputed(items, tmp_path):
