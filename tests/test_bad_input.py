@@ -620,8 +620,9 @@ def test_damaged_checkpoint(checkpoints, name, needle):
 
 
 def test_a_checkpoint_for_another_whisper_window_says_which_setting(tiny_checkpoint):
-    trained_on = checkpoint.load(tiny_checkpoint).encoders["whisper"]
-    assert_user_error(lambda: checkpoint.load(tiny_checkpoint, {"whisper": trained_on + ":window20s"}), str(tiny_checkpoint),
+    from fdrl.inputs import encoder_ids
+    other_window = encoder_ids(config.load(overrides=["encoders.whisper_window_s=20"]))["whisper"]
+    assert_user_error(lambda: checkpoint.load(tiny_checkpoint, {"whisper": other_window}), str(tiny_checkpoint),
                       "':windowNs' encoders.whisper_window_s = N; without them 0 and 30")
 
 

@@ -1,19 +1,15 @@
 """The feature cache: a second pass runs no encoder, and changing one encoder re-runs only that one."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-from fdrl import config
+from fdrl import checkpoint, config
 from fdrl.data import load_manifest
 from fdrl.features import FeatureExtractor
 from fdrl.prosody import PROSODY_DIM
 
 
-REPO = Path(__file__).resolve().parent.parent
 LABELS = ["neutral", "happiness", "sadness", "anger"]
 
 
@@ -61,8 +57,8 @@ def test_the_encoder_window_is_part_of_the_audio_identity(tmp_path):
     assert window10.encoder_ids["whisper"] == "bundled:int8:layer2:window10s"  # a checkpoint is trained for one window
     assert window30.encoder_ids["whisper"] == "bundled:int8:layer2"  # Whisper's own window: checkpoints from before the setting
     assert window10.encoder_ids["text"] == window30.encoder_ids["text"]
-    shipped = json.loads((REPO / "models" / "fdrl-default.json").read_text())["encoders"]
-    assert shipped["whisper"] == _extractor(tmp_path).encoder_ids["whisper"]  # the defaults are the shipped checkpoint's
+    default = _extractor(tmp_path)
+    checkpoint.load(default.cfg.resolve(default.cfg.paths.checkpoint), default.encoder_ids)  # the defaults are the shipped checkpoint's
 
 
 def test_a_torn_cache_file_is_recomputed(items, tmp_path):
