@@ -47,6 +47,11 @@ def main() -> None:
     ap.add_argument("runs", type=Path, nargs="+", help="loco.py outputs named NAME-sSEED.npz")
     ap.add_argument("--json", type=Path, help="write every run's per-corpus scores here")
     args = ap.parse_args()
+    for path in args.runs:
+        if not path.is_file():
+            ap.error(f"run not found: {path} (give loco.py's --out files)")
+    if args.json and args.json.resolve() in {path.resolve() for path in args.runs}:
+        ap.error(f"--json {args.json} is one of the runs it reads and would overwrite it: give another path")
     recipes: dict[str, dict[str, dict[str, dict[str, float]]]] = defaultdict(dict)
     for path in args.runs:
         match = re.fullmatch(r"(.+)-s(\d+)", path.stem)

@@ -58,3 +58,28 @@ def test_groups_runs_by_recipe_with_mean_and_spread_over_seeds(table, tmp_path, 
     assert "70.8 ± 41.2 %" in rows["full"]
     saved = json.loads(out.read_text())
     assert set(saved) == {"full", "other"} and set(saved["full"]) == {"0", "1"} and set(saved["full"]["0"]) == {"a", "b"}
+
+
+
+def run_main(table, monkeypatch, capsys, *argv: str) -> str:
+    """main() with these arguments, which must stop with argparse's usage error; its last stderr line."""
+    monkeypatch.setattr(sys, "argv", ["loco_table", *argv])
+    with pytest.raises(SystemExit) as stop:
+        table.main()
+    assert stop.value.code == 2
+    return capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_refuses_a_json_path_that_is_one_of_its_runs(table, tmp_path, monkeypatch, capsys):
+    run = tmp_path / "r-s0.npz"
+    write_run(run, [0, 0, 1, 2, 1, 2])
+    before = run.read_bytes()
+    assert "would overwrite it" in run_main(table, monkeypatch, capsys, str(run), "--json", str(run))
+    assert run.read_bytes() == before
+
+
+def test_names_a_missing_run(table, tmp_path, monkeypatch, capsys):
+    write_run(tmp_path / "r-s0.npz", [0, 0, 1, 2, 1, 2])
+    err = run_main(table, monkeypatch, capsys, str(tmp_path / "r-s0.npz"), str(tmp_path / "r-s1.npz"), "--json", str(tmp_path / "out.json"))
+    assert "run not found" in err and "r-s1.npz" in err
+    assert not (tmp_path / "out.json").exists()
