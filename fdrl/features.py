@@ -28,7 +28,7 @@ from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE, decode_audio
 from fdrl.config import Config, Vad
 from fdrl.data import Item
 from fdrl.errors import UserError
-from fdrl.inputs import Recipe, Sample, encoder_ids, face_input
+from fdrl.inputs import Recipe, Sample, decoding_id, encoder_ids, face_input
 from fdrl.outputs import atomic_write, os_reason, probe_folder
 from fdrl.prosody import PROSODY_ID
 from fdrl.vad import Segment, Segmenter
@@ -212,7 +212,7 @@ class FeatureExtractor:
                                "vad_crop": self.vad.crop()}, sort_keys=True)
 
         def key(i: int) -> str:
-            return _clip_key(identity, items[i], items[i].audio, "asr" if items[i].text is None else "")
+            return _clip_key(identity, items[i], items[i].audio, decoding_id(self.cfg) if items[i].text is None else "")
 
         def compute(idx: list[int]) -> list[dict[str, np.ndarray]]:
             audios = [self.speech(items[i]) for i in idx]
@@ -233,32 +233,15 @@ class FeatureExtractor:
 
     def _gate_transcripts(self, items: Sequence[Item], out: list[dict[str, np.ndarray]]) -> None:
         """Drop the transcribed words the ASR was unsure of (`fdrl.asr_gate`, the live engine's rule):
-        such a clip is labelled from its voice alone, and `text_dropped` says why.
-
-        Audio parts cached before the gate existed carry no ASR scores; theirs come from one more
-        Whisper pass, cached apart (`_score_parts`), once. With the gate off nothing is computed.
-        """
-        if self.gate.off:
-            return
-        asr = [i for i, it in enumerate(items) if it.audio is not None and it.text is None and "words" in out[i]]
-        missing = [i for i in asr if "asr_scores" not in out[i]]
-        for i, part in zip(missing, self._score_parts([items[i] for i in missing])):
-            out[i]["asr_scores"] = part["asr_scores"]
-        for i in asr:
+        such a clip is labelled from its voice alone, and `text_dropped` says why."""
+        for i, it in enumerate(items):
+            if it.audio is None or it.text is not None or "words" not in out[i]:
+                continue
             reason = asr_gate.text_verdict(out[i].pop("asr_scores"), self.gate)
             if reason == asr_gate.LOW_CONFIDENCE:
                 out[i].pop("words", None)
                 out[i].pop("word_times", None)
                 out[i]["text_dropped"] = np.array(reason)
-
-    def _score_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
-        """The ASR gate's scores (`fdrl.asr_gate.scores`) of clips whose audio part predates them."""
-        identity = json.dumps({"whisper": self.encoder_ids["whisper"], "vad_crop": self.vad.crop(),
-                               "asr_scores": 1}, sort_keys=True)
-        return self._cached(
-            "asr_scores", len(items), lambda i: _clip_key(identity, items[i], items[i].audio),
-            lambda idx: [{"asr_scores": asr_gate.scores(transcript)}
-                         for _, transcript in self.whisper.process([self.speech(items[i]) for i in idx])])
 
     def _prosody_parts(self, items: Sequence[Item]) -> list[dict[str, np.ndarray]]:
         """Prosody rows of the same VAD-cropped speech, on the audio frames' grid (kept apart from

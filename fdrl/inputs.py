@@ -132,6 +132,17 @@ def whisper_variant(layer: int, window_s: int) -> str:
     return (f":layer{layer}" if layer else "") + (f":window{window_s}s" if window_s != WHISPER_WINDOW_S else "")
 
 
+def decoding_id(cfg: Config) -> str:
+    """What decides a transcript besides the Whisper model and the audio: the [asr] decoding settings.
+
+    It keys cached transcripts (not a checkpoint: the text branch reads words, whichever decoding
+    found them), so a changed beam re-transcribes the training clips instead of reusing another
+    decoding's words. The gate's thresholds are not in it: they act on the cached scores.
+    """
+    a = cfg.asr
+    return f"asr:{a.language}:beam{a.beam_size}:{a.no_speech_threshold}:{a.log_prob_threshold}:words{int(a.word_timestamps)}"
+
+
 def encoder_ids(cfg: Config) -> dict[str, object]:
     """What a checkpoint must match: the identity of every encoder feeding the model.
 

@@ -21,6 +21,7 @@ CTranslate2's int8 encoder, so the lower layer costs no time.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -81,8 +82,10 @@ def frame_count(num_samples: int) -> int:
 class Whisper:
     """faster-whisper's model with a shared encoder pass; never downloads anything.
 
-    Decoding is greedy (or beam search) at temperature 0 only: deterministic, and without Whisper's
-    sampled retries, which mostly invent text for noise. A segment is dropped when Whisper thinks
+    Decoding is beam search (or greedy) at temperature 0 only: deterministic, and without Whisper's
+    sampled retries, which mostly invent text for noise. Where beam search loops (a transcript that
+    repeats itself: gzip compression ratio above Whisper's 2.4), the utterance is decoded again
+    greedily, which loops less on the same audio. A segment is dropped when Whisper thinks
     it is not speech (see `_is_silence`), so silence gives text == "".
     """
 
@@ -144,6 +147,7 @@ class Whisper:
             multilingual=False, max_new_tokens=None, clip_timestamps=[0.0],
             hallucination_silence_threshold=None,
         )
+        self._greedy = dataclasses.replace(self._options, beam_size=1)
 
     @classmethod
     def from_config(cls, cfg: Config, device: str, warn: Callable[[str], None] | None = None) -> Whisper:
@@ -273,8 +277,9 @@ class Whisper:
         if encoder_output is not None:
             batch = np.ascontiguousarray(encoder_output[None], dtype=np.float32)  # kept alive: shared, not copied
             reuse = ctranslate2.StorageView.from_array(batch)
-        segments = list(self.model.generate_segments(features, self._tokenizer, self._options,
-                                                     log_progress=False, encoder_output=reuse))
+        segments = self._decode(features, reuse, self._options)
+        if self._options.beam_size > 1 and any(s.compression_ratio > self._options.compression_ratio_threshold for s in segments):
+            segments = self._decode(features, reuse, self._greedy)  # beam search looped: greedy, as Whisper's fallback would
         kept = [s for s in segments if not self._is_silence(s)]
         scored = kept or segments  # the scores describe the text given, or why there is none
         words = [
@@ -288,6 +293,11 @@ class Whisper:
             avg_logprob=float(np.mean([s.avg_logprob for s in scored])) if scored else 0.0,
             compression_ratio=float(max((s.compression_ratio for s in scored), default=0.0)),
         )
+
+    def _decode(self, features: np.ndarray, encoder_output: ctranslate2.StorageView | None,
+                options: TranscriptionOptions) -> list[DecodedSegment]:
+        return list(self.model.generate_segments(features, self._tokenizer, options, log_progress=False,
+                                                 encoder_output=encoder_output))
 
     def _is_silence(self, segment: DecodedSegment) -> bool:
         """Whisper's no-speech gate (no-speech token likely and the text unsure), widened for the ways

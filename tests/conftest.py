@@ -4,11 +4,13 @@ Nothing here reads ../shared/data: every fixture is made on the spot.
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import re
 import shutil
 import subprocess
 from pathlib import Path
+from types import ModuleType
 from typing import Iterable
 
 import numpy as np
@@ -28,6 +30,15 @@ SENTENCES = [
 # ("my brother plays the guitar" once came out as "my grinder plays a guitar"), so tests compare
 # transcripts by word recall against what was said, never by equality.
 MIN_RECALL = 0.5
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/NAME.py as a module (the scripts are not a package), for tests of their pure parts."""
+    from fdrl.config import PROJECT_ROOT
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def words(text: str) -> list[str]:

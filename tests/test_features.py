@@ -52,6 +52,19 @@ def test_a_new_text_encoder_reuses_the_cached_audio(items, tmp_path, monkeypatch
     assert np.array_equal(first.word_spans, again.word_spans)
 
 
+def test_another_decoding_transcribes_again_and_a_gate_threshold_does_not(items, tmp_path, monkeypatch):
+    greedy = _extractor(tmp_path, "asr.beam_size=1").extract(items[:1], LABELS)[0]
+    beam = _extractor(tmp_path, "asr.beam_size=2")
+    passes = []
+    process = beam.whisper.process
+    monkeypatch.setattr(beam.whisper, "process", lambda *a, **k: passes.append(1) or process(*a, **k))
+    assert beam.extract(items[:1], LABELS)[0].transcript  # this decoding's words, not beam 1's from the cache
+    assert passes == [1]
+    gate_changed = _extractor(tmp_path, "asr.beam_size=1", "asr.gate_min_word_prob=0.6")  # acts on the cached scores
+    _forbid(monkeypatch, gate_changed, "whisper")
+    assert gate_changed.extract(items[:1], LABELS)[0].transcript == greedy.transcript
+
+
 def test_the_encoder_window_is_part_of_the_audio_identity(tmp_path):
     window10, window30 = _extractor(tmp_path, "encoders.whisper_window_s=10"), _extractor(tmp_path, "encoders.whisper_window_s=30")
     assert window10.encoder_ids["whisper"] == "bundled:int8:layer2:window10s"  # a checkpoint is trained for one window

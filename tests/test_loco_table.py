@@ -1,22 +1,18 @@
 """scripts/loco_table.py: loco.py outputs scored per held-out corpus and grouped by recipe, on a generated file."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 
 import numpy as np
 import pytest
 
-from fdrl.config import PROJECT_ROOT
+from tests.conftest import load_script
 
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("loco_table", PROJECT_ROOT / "scripts" / "loco_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("loco_table")
 
 
 def logits_for(pred: list[int], n_classes: int = 3) -> np.ndarray:

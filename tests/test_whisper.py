@@ -1,6 +1,7 @@
 """fdrl.whisper with the bundled tiny.en: ASR on synthetic speech, the silence gate, the shared encoder pass."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import shutil
 import subprocess
@@ -222,3 +223,23 @@ def test_audio_too_short_for_a_word_has_an_empty_transcript(whisper, happy):
     for n in (0, 1, 160, 1599):
         t = whisper.transcribe(happy[4000:4000 + n])
         assert t.text == "" and t.words == [] and t.no_speech_prob == 1.0
+
+
+def test_a_looping_beam_search_is_decoded_again_greedily(happy, monkeypatch):
+    """Beam search without sampled retries can loop ("eh, eh, eh, ..." on a TESS clip); greedy decoding
+    of the same encoder output replaces such a transcript, and only such a one."""
+    beam = Whisper(threads=2, beam_size=5)
+    real, beams = beam.model.generate_segments, []
+
+    def decode(features, tokenizer, options, **kwargs):
+        beams.append(options.beam_size)
+        segments = list(real(features, tokenizer, options, **kwargs))
+        if options.beam_size > 1 and loop:
+            segments = [dataclasses.replace(s, text=" eh," * 40, compression_ratio=9.0) for s in segments]
+        return iter(segments)
+
+    monkeypatch.setattr(beam.model, "generate_segments", decode)
+    loop = False
+    assert word_recall(HAPPY, beam.transcribe(happy).text) >= MIN_RECALL and beams == [5]
+    loop, beams[:] = True, []
+    assert word_recall(HAPPY, beam.transcribe(happy).text) >= MIN_RECALL and beams == [5, 1]
