@@ -137,10 +137,13 @@ def decoding_id(cfg: Config) -> str:
 
     It keys cached transcripts (not a checkpoint: the text branch reads words, whichever decoding
     found them), so a changed beam re-transcribes the training clips instead of reusing another
-    decoding's words. The gate's thresholds are not in it: they act on the cached scores.
+    decoding's words. The gate's thresholds are not in it: they act on the cached scores. The last
+    part names how `fdrl.whisper` decodes beyond the settings (one segment per window, no timestamp
+    tokens), so that a change there re-transcribes too.
     """
     a = cfg.asr
-    return f"asr:{a.language}:beam{a.beam_size}:{a.no_speech_threshold}:{a.log_prob_threshold}:words{int(a.word_timestamps)}"
+    return (f"asr:{a.language}:beam{a.beam_size}:{a.no_speech_threshold}:{a.log_prob_threshold}:words{int(a.word_timestamps)}"
+            ":notimestamps")
 
 
 def encoder_ids(cfg: Config) -> dict[str, object]:

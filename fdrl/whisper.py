@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import math
 import os
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ from faster_whisper.transcribe import Segment as DecodedSegment
 from faster_whisper.transcribe import TranscriptionOptions, get_suppressed_tokens
 
 from fdrl import cuda_libs
+from fdrl.asr_gate import MAX_COMPRESSION_RATIO
 from fdrl.audio import MIN_SPEECH_SAMPLES, SAMPLE_RATE, WHISPER_WINDOW_S
 from fdrl.config import Config
 from fdrl.errors import UserError
@@ -85,8 +87,12 @@ class Whisper:
     Decoding is beam search (or greedy) at temperature 0 only: deterministic, and without Whisper's
     sampled retries, which mostly invent text for noise. Where beam search loops (a transcript that
     repeats itself: gzip compression ratio above Whisper's 2.4), the utterance is decoded again
-    greedily, which loops less on the same audio. A segment is dropped when Whisper thinks
-    it is not speech (see `_is_silence`), so silence gives text == "".
+    greedily, which loops less on the same audio. Each window is decoded as one segment, without
+    timestamp tokens (as faster-whisper's batched pipeline, and RealtimeSTT with it, decode): an
+    utterance is already one stretch of speech, and segment timestamps constrain what the decoder
+    may write without telling us anything the word timestamps do not (README, *One segment per
+    window*). A segment is dropped when Whisper thinks it is not speech (see `_is_silence`), so
+    silence gives text == "".
     """
 
     def __init__(
@@ -135,13 +141,13 @@ class Whisper:
             beam_size=beam_size, best_of=1, patience=1.0, length_penalty=1.0, repetition_penalty=1.0,
             no_repeat_ngram_size=0,
             # One temperature: deterministic, and no sampled fallbacks that invent text on noise.
-            temperatures=[0.0], compression_ratio_threshold=2.4, log_prob_threshold=log_prob_threshold,
+            temperatures=[0.0], compression_ratio_threshold=MAX_COMPRESSION_RATIO, log_prob_threshold=log_prob_threshold,
             # The no-speech gate is applied in `_transcribe`, where the dropped segment's scores stay visible.
             no_speech_threshold=None,
             condition_on_previous_text=False, prompt_reset_on_temperature=0.5,
             initial_prompt=None, prefix=None, hotwords=None,
             suppress_blank=True, suppress_tokens=get_suppressed_tokens(self._tokenizer, [-1]),
-            without_timestamps=False, max_initial_timestamp=1.0,
+            without_timestamps=True, max_initial_timestamp=1.0,
             word_timestamps=word_timestamps,
             prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
             multilingual=False, max_new_tokens=None, clip_timestamps=[0.0],
@@ -277,9 +283,10 @@ class Whisper:
         if encoder_output is not None:
             batch = np.ascontiguousarray(encoder_output[None], dtype=np.float32)  # kept alive: shared, not copied
             reuse = ctranslate2.StorageView.from_array(batch)
-        segments = self._decode(features, reuse, self._options)
+        segments = self._decode(features, reuse, self._options, duration)
         if self._options.beam_size > 1 and any(s.compression_ratio > self._options.compression_ratio_threshold for s in segments):
-            segments = self._decode(features, reuse, self._greedy)  # beam search looped: greedy, as Whisper's fallback would
+            # beam search looped: greedy, as Whisper's fallback would
+            segments = self._decode(features, reuse, self._greedy, duration)
         kept = [s for s in segments if not self._is_silence(s)]
         scored = kept or segments  # the scores describe the text given, or why there is none
         words = [
@@ -295,9 +302,20 @@ class Whisper:
         )
 
     def _decode(self, features: np.ndarray, encoder_output: ctranslate2.StorageView | None,
-                options: TranscriptionOptions) -> list[DecodedSegment]:
-        return list(self.model.generate_segments(features, self._tokenizer, options, log_progress=False,
-                                                 encoder_output=encoder_output))
+                options: TranscriptionOptions, duration: float) -> list[DecodedSegment]:
+        """One segment per 30-s window of the utterance (`encoder_output`: the first window's).
+
+        Each window is decoded alone and only its first segment kept: without timestamp tokens,
+        faster-whisper would decode again from the last word's end to the window's end, and "hear"
+        "Thank you." in the silence after the speech.
+        """
+        segments = []
+        for start in np.arange(0.0, duration, WHISPER_WINDOW_S).tolist():
+            window = dataclasses.replace(options, clip_timestamps=[start, min(duration, start + WHISPER_WINDOW_S)])
+            decoded = self.model.generate_segments(features, self._tokenizer, window, log_progress=False,
+                                                   encoder_output=encoder_output if start == 0 else None)
+            segments += itertools.islice(decoded, 1)
+        return segments
 
     def _is_silence(self, segment: DecodedSegment) -> bool:
         """Whisper's no-speech gate (no-speech token likely and the text unsure), widened for the ways

@@ -133,6 +133,30 @@ def test_long_utterance_is_encoded_in_30s_windows(whisper, happy):
     assert t.no_speech_prob < 0.6  # the scores are those of the speech window, not the silent one
 
 
+
+def test_each_window_is_decoded_once_as_one_segment_without_timestamps(whisper, happy, monkeypatch):
+    """As faster-whisper's batched pipeline decodes. Without timestamp tokens its sequential decoder
+    would decode again from the last word to the window's end (tiny.en "hears" "Thank you." in the
+    silence after speech), so each window is asked for its first segment only."""
+    audio = np.zeros(35 * SAMPLE_RATE, np.float32)
+    for at in (1, 31):
+        audio[at * SAMPLE_RATE:at * SAMPLE_RATE + happy.size] = happy
+    real, calls = whisper.model.generate_segments, []
+
+    def decode(features, tokenizer, options, encoder_output=None, **kwargs):
+        yielded: list = []
+        calls.append((options.without_timestamps, list(options.clip_timestamps), encoder_output is not None, yielded))
+        for segment in real(features, tokenizer, options, encoder_output=encoder_output, **kwargs):
+            yielded.append(segment)
+            yield segment
+
+    monkeypatch.setattr(whisper.model, "generate_segments", decode)
+    (_, t), = whisper.process([audio])
+    assert [c[:3] for c in calls] == [(True, [0.0, 30.0], True), (True, [30.0, 35.0], False)]  # the first window's encoder output is reused
+    assert [len(c[3]) for c in calls] == [1, 1]
+    assert word_recall(HAPPY + " " + HAPPY, t.text) >= MIN_RECALL, t.text
+    assert t.words[0].start < 2.0 and 30.5 < t.words[-1].start < 35.0
+
 # -- the shared pass -----------------------------------------------------------------------------
 
 def test_process_gives_encode_frames_and_transcribe_text_without_encoding_again(whisper, happy, window, monkeypatch):
