@@ -150,7 +150,7 @@ class Whisper:
             without_timestamps=True, max_initial_timestamp=1.0,
             word_timestamps=word_timestamps,
             prepend_punctuations="\"'“¿([{-", append_punctuations="\"'.。,，!！?？:：”)]}、",
-            multilingual=False, max_new_tokens=None, clip_timestamps=[0.0],
+            multilingual=False, max_new_tokens=None, clip_timestamps=[0.0],  # each window its own: `_decode`
             hallucination_silence_threshold=None,
         )
         self._greedy = dataclasses.replace(self._options, beam_size=1)

@@ -133,7 +133,6 @@ def test_long_utterance_is_encoded_in_30s_windows(whisper, happy):
     assert t.no_speech_prob < 0.6  # the scores are those of the speech window, not the silent one
 
 
-
 def test_each_window_is_decoded_once_as_one_segment_without_timestamps(whisper, happy, monkeypatch):
     """As faster-whisper's batched pipeline decodes. Without timestamp tokens its sequential decoder
     would decode again from the last word to the window's end (tiny.en "hears" "Thank you." in the
@@ -156,6 +155,7 @@ def test_each_window_is_decoded_once_as_one_segment_without_timestamps(whisper, 
     assert [len(c[3]) for c in calls] == [1, 1]
     assert word_recall(HAPPY + " " + HAPPY, t.text) >= MIN_RECALL, t.text
     assert t.words[0].start < 2.0 and 30.5 < t.words[-1].start < 35.0
+
 
 # -- the shared pass -----------------------------------------------------------------------------
 
