@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.resources
 import importlib.util
+import math
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -223,6 +224,10 @@ class Vad(Section):
     speech_ratio: float = span(0.01, 1.0)
     tail_ms: int = span(0, 10_000)
     early_ms: int = span(0, 10_000)       # 0 = off; a value not below hangover_ms is off too
+
+    def frames(self, ms: int) -> int:
+        """A duration as the segmenter counts it: in whole frames, rounded up."""
+        return math.ceil(ms / self.frame_ms)
 
     def crop(self) -> dict[str, object]:
         """The settings that decide what a segment holds (cache keys of cropped clips): all but

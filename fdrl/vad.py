@@ -119,9 +119,7 @@ class Segmenter:
         self.frame_samples = sample_rate * options.frame_ms // 1000
         self._is_speech = is_speech or webrtc_is_speech(options.aggressiveness, sample_rate)
 
-        def frames(ms: int) -> int:  # every duration as a whole number of frames, rounded up
-            return math.ceil(ms / options.frame_ms)
-
+        frames = options.frames
         self._window = max(1, frames(options.preroll_ms))
         self._needed = max(1, math.ceil(options.speech_ratio * self._window - 1e-9))
         self._preroll = frames(options.preroll_ms)

@@ -182,7 +182,7 @@ class _Run:
         self.stream_t = 0.0
         self.source_stats = None
         self.vad_options = self.cfg.vad
-        self.vad_tail_s = self.vad_options.tail_ms / 1000
+        self.vad_tail_s = self.vad_options.frames(self.vad_options.tail_ms) * self.vad_options.frame_ms / 1000
         # What the face track must keep: the segment being spoken (from `open_start`) and those closed
         # whose faces are not gathered yet (`gathering`, their starts) still ask for their faces.
         self.open_start: float | None = None

@@ -117,16 +117,19 @@ def test_pause_of_hangover_splits_into_contiguous_segments():
                                ("start", 1.71), ("segment", 1.71, round(104 * 0.03, 6), False, 47 * FRAME)]
 
 
-def test_a_pause_holds_the_samples_the_segment_closes_with():
-    # early_ms 200 = 7 frames of silence: the pause comes on frame 56, the close on frame 66.
+@pytest.mark.parametrize("tail_ms", [0, 200])
+def test_a_pause_holds_the_samples_the_segment_closes_with(tail_ms):
+    # early_ms 200 = 7 frames of silence: the pause comes on frame 56, the close on frame 66; a
+    # tail no longer than early_ms is already heard when the pause comes.
     audio = pattern("0" * 20 + "1" * 30 + "0" * 40)
-    seg = Segmenter(vad_options(tail_ms=0, early_ms=200), is_speech=scripted)
+    seg = Segmenter(vad_options(tail_ms=tail_ms, early_ms=200), is_speech=scripted)
     assert [type(e) for e in seg.feed(audio[:56 * FRAME])] == [SegmentStart]
     (pause,) = seg.feed(audio[56 * FRAME:57 * FRAME])
     assert isinstance(pause, SegmentPause) and seg.speaking
     assert list(seg.feed(audio[57 * FRAME:66 * FRAME])) == []   # one pause per silence
     (closed,) = seg.feed(audio[66 * FRAME:67 * FRAME])
     assert isinstance(closed, Segment) and (pause.start, pause.end) == (closed.start, closed.end)
+    assert closed.end == pytest.approx((50 + (7 if tail_ms else 0)) * 0.03)  # the tail: 200 ms, rounded up to frames
     np.testing.assert_array_equal(pause.audio, closed.audio)
 
 
