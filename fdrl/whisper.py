@@ -252,8 +252,8 @@ class Whisper:
         for audio, feats, ws in zip(audios, features, windows):
             # Every window but the last is full, so the utterance's frames are a prefix of them all.
             frames = np.concatenate(states[first:first + len(ws)])[:frame_count(audio.size)].copy()  # not a view of the padding
-            # faster-whisper reuses an encoder output for its first window only; later windows of a
-            # long file start where the decoded text ends, so it encodes them itself.
+            # faster-whisper takes an encoder output for the first window it decodes only; `_decode`
+            # hands it each later window as a clip of its own, which it encodes itself.
             out.append((audio, feats, frames, None if outputs is None else outputs[first]))
             first += len(ws)
         return out
