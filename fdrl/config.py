@@ -223,6 +223,7 @@ class Vad(Section):
     max_utterance_ms: int = span(1000, 30_000)  # Whisper encodes at most a 30-s window
     speech_ratio: float = span(0.01, 1.0)
     tail_ms: int = span(0, 10_000)
+    asr_tail_ms: int = span(0, 10_000)    # after the tail, heard by Whisper only; at most what the hangover leaves
     early_ms: int = span(0, 10_000)       # 0 = off; a value not below hangover_ms is off too
 
     def frames(self, ms: int) -> int:
@@ -231,8 +232,9 @@ class Vad(Section):
 
     def crop(self) -> dict[str, object]:
         """The settings that decide what a segment holds (cache keys of cropped clips): all but
-        `early_ms`, which only decides when the work on a segment starts."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "early_ms"}
+        `early_ms`, which only decides when the work on a segment starts, and `asr_tail_ms`, which
+        only decides what Whisper hears after it (a transcript's key: `fdrl.inputs.decoding_id`)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("early_ms", "asr_tail_ms")}
 
     def rules(self) -> list[str]:
         problems = []

@@ -34,8 +34,9 @@ from fdrl.prosody import PROSODY_ID
 from fdrl.vad import Segment, Segmenter
 
 
-def speech_span(audio: np.ndarray, options: Vad) -> tuple[int, int] | None:
-    """Sample range from the start of the first VAD segment to the end of the last (None: no speech).
+def speech_span(audio: np.ndarray, options: Vad) -> tuple[int, int, int] | None:
+    """Sample range from the start of the first VAD segment to the end of the last, and the end of
+    what Whisper hears after it (the last segment's `after`); None: no speech.
 
     The segments carry the pipeline's pre-roll and tail, so a cropped clip looks like a live one.
     """
@@ -43,7 +44,8 @@ def speech_span(audio: np.ndarray, options: Vad) -> tuple[int, int] | None:
     segments = [e for e in [*segmenter.feed(audio), *segmenter.flush()] if isinstance(e, Segment)]
     if not segments:
         return None
-    return int(segments[0].start * SAMPLE_RATE), int(round(segments[-1].end * SAMPLE_RATE))
+    end = int(round(segments[-1].end * SAMPLE_RATE))
+    return int(segments[0].start * SAMPLE_RATE), end, end + segments[-1].after.size
 
 
 def _digest(*parts: bytes | str) -> str:
@@ -215,10 +217,10 @@ class FeatureExtractor:
             return _clip_key(identity, items[i], items[i].audio, decoding_id(self.cfg) if items[i].text is None else "")
 
         def compute(idx: list[int]) -> list[dict[str, np.ndarray]]:
-            audios = [self.speech(items[i]) for i in idx]
+            speech, after = zip(*(self.speech_and_after(items[i]) for i in idx))
             need_asr = [items[i].text is None for i in idx]
             parts = []
-            for asr, (frames, transcript) in zip(need_asr, self.whisper.process(audios, transcribe=any(need_asr))):
+            for asr, (frames, transcript) in zip(need_asr, self.whisper.process(list(speech), any(need_asr), after=list(after))):
                 arrays = {"audio": self.recipe.whisper_frames(frames)}
                 if asr and transcript is not None:
                     arrays["asr_scores"] = asr_gate.scores(transcript)
@@ -272,17 +274,24 @@ class FeatureExtractor:
     def speech(self, item: Item) -> np.ndarray:
         """The item's audio (its time span), cropped to the speech (then perturbed, for an augmented
         copy: the crop is the clean clip's); a UserError when too short to label."""
+        return self.speech_and_after(item)[0]
+
+    def speech_and_after(self, item: Item) -> tuple[np.ndarray, np.ndarray]:
+        """`speech`, and the audio after it that Whisper hears as it would live (`crop`), each perturbed alone."""
         audio = decode_audio(item.audio, item.start, item.end)
         if audio.size < MIN_SPEECH_SAMPLES:
             raise UserError(f"{item.audio}: {audio.size / SAMPLE_RATE:.3f} s of audio is too short to label "
                             f"(at least {MIN_SPEECH_SAMPLES / SAMPLE_RATE:g} s: give a longer clip)")
-        audio = self.crop(audio)
-        return item.augment.apply(audio) if item.augment else audio
+        speech, after = self.crop(audio)
+        if item.augment:
+            return item.augment.apply(speech), item.augment.apply(after) if after.size else after
+        return speech, after
 
-    def crop(self, audio: np.ndarray) -> np.ndarray:
-        """The speech part of a clip, as the live VAD would cut it; the whole clip if VAD hears none."""
+    def crop(self, audio: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The speech part of a clip, as the live VAD would cut it (the whole clip if VAD hears none),
+        and the audio after it that the live segment would carry for Whisper (`Segment.after`)."""
         span = speech_span(audio, self.vad)
-        return audio[span[0]:span[1]] if span else audio
+        return (audio[span[0]:span[1]], audio[span[1]:span[2]]) if span else (audio, audio[:0])
 
     def encode_video(self, item: Item) -> dict[str, np.ndarray]:
         """Face features at `face.rate_hz` over the item's time span; nothing if no face is ever seen."""

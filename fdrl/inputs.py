@@ -133,17 +133,18 @@ def whisper_variant(layer: int, window_s: int) -> str:
 
 
 def decoding_id(cfg: Config) -> str:
-    """What decides a transcript besides the Whisper model and the audio: the [asr] decoding settings.
+    """What decides a transcript besides the Whisper model and the crop: the [asr] decoding settings.
 
     It keys cached transcripts (not a checkpoint: the text branch reads words, whichever decoding
-    found them), so a changed beam re-transcribes the training clips instead of reusing another
-    decoding's words. The gate's thresholds are not in it: they act on the cached scores. The last
+    found them), so a changed beam, or more audio heard after the crop (`vad.asr_tail_ms`),
+    re-transcribes the training clips instead of reusing another decoding's words. The gate's thresholds are not in it: they act on the cached scores. The last
     part names how `fdrl.whisper` decodes beyond the settings (one segment per window, no timestamp
     tokens), so that a change there re-transcribes too.
     """
     a = cfg.asr
+    heard = f":after{cfg.vad.asr_tail_ms}ms" if cfg.vad.asr_tail_ms else ""  # what Whisper hears past the crop
     return (f"asr:{a.language}:beam{a.beam_size}:{a.no_speech_threshold}:{a.log_prob_threshold}:words{int(a.word_timestamps)}"
-            ":notimestamps")
+            f":notimestamps{heard}")
 
 
 def encoder_ids(cfg: Config) -> dict[str, object]:

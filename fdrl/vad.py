@@ -11,9 +11,11 @@ The rules, per frame of `frame_ms`:
   window (as far as history reaches), so the onset of the first word is never clipped.
 * Speaking. After `hangover_ms` of consecutive unvoiced frames the segment closes. Its end is the
   last voiced frame plus `tail_ms` (none by default, as in the training clips, which the same
-  segmenter crops); the rest of the hangover is only waiting and is left out.
+  segmenter crops); the rest of the hangover is only waiting and is left out. The next
+  `asr_tail_ms` of it travel with the segment as `after`: Whisper hears them, to finish a last
+  word the voice decision cut short, but they are not part of the segment.
 * Pausing. With `early_ms` set (below `hangover_ms`), the first `early_ms` of a silence yields a `SegmentPause` holding
-  exactly the audio the segment would close with if the silence lasts: the streaming pipeline
+  exactly the audio (and `after`) the segment would close with if the silence lasts: the streaming pipeline
   starts the expensive work then, and the `Segment` that follows with the same samples finds it
   done. Speech that resumes only wastes that work; it never changes a segment.
 * Segments whose voiced span (first voiced frame to last voiced frame, padding not counted) is
@@ -26,7 +28,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 import numpy as np
@@ -45,14 +47,20 @@ class SegmentStart:
     start: float
 
 
+def _nothing() -> np.ndarray:
+    return np.zeros(0, np.float32)
+
+
 @dataclass(frozen=True, eq=False)
 class Segment:
-    """A closed segment: `audio` holds exactly the samples from `start` to `end`."""
+    """A closed segment: `audio` holds exactly the samples from `start` to `end`; `after`, the
+    `asr_tail_ms` that followed it, for Whisper only (none after a forced split: speech goes on)."""
 
     start: float
     end: float
     audio: np.ndarray
     forced_split: bool = False
+    after: np.ndarray = field(default_factory=_nothing)
 
     @property
     def duration(self) -> float:
@@ -66,6 +74,7 @@ class SegmentPause:
     start: float
     end: float
     audio: np.ndarray
+    after: np.ndarray = field(default_factory=_nothing)
 
 
 @dataclass(frozen=True)
@@ -125,6 +134,7 @@ class Segmenter:
         self._preroll = frames(options.preroll_ms)
         self._hangover = frames(options.hangover_ms)
         self._tail = min(frames(options.tail_ms), self._hangover)
+        self._after = min(frames(options.asr_tail_ms), self._hangover - self._tail)
         # A pause is only news before the hangover ends: early_ms >= hangover_ms means no pauses.
         early = frames(options.early_ms)
         self._early = early if early < self._hangover else 0
@@ -209,30 +219,32 @@ class Segmenter:
             yield SegmentStart(self._time(frame.index + 1))
         elif self._early and silence >= self._early and not self._paused and self._long_enough():
             self._paused = True
-            start, end, kept = self._cut(frame.index + 1)
-            yield SegmentPause(self._time(start), self._time(end), self._audio(kept))
+            start, end, kept, after = self._cut(frame.index + 1)
+            yield SegmentPause(self._time(start), self._time(end), self._audio(kept), self._audio(after))
 
     def _long_enough(self) -> bool:
         return self._last_voiced + 1 - self._first_voiced >= self._min_voiced
 
-    def _cut(self, stop: int) -> tuple[int, int, list[_Frame]]:
-        """(start, end, frames) the open segment holds if it closes given frames up to `stop` (exclusive)."""
+    def _cut(self, stop: int) -> tuple[int, int, list[_Frame], list[_Frame]]:
+        """(start, end, frames, frames after) the open segment holds if it closes given frames up to
+        `stop` (exclusive)."""
         assert self._segment is not None
         start = self._segment[0].index if self._segment else self._first_voiced
         end = max(start, min(self._last_voiced + 1 + self._tail, stop))
-        return start, end, [f for f in self._segment if f.index < end]
+        return (start, end, [f for f in self._segment if f.index < end],
+                [f for f in self._segment if end <= f.index < end + self._after])
 
     def _close(self, stop: int) -> SegmentEvent:
         """Close the open segment given frames up to `stop` (exclusive) were seen; back to idle."""
         assert self._segment is not None
-        start, end, kept = self._cut(stop)
+        start, end, kept, after = self._cut(stop)
         # Frames past the tail are silence; they stay in history as pre-roll for the next segment.
         self._history.extend(f for f in self._segment if f.index >= end)
         self._segment = None
         if not self._long_enough():
             self.discarded += 1
             return SegmentDiscarded(self._time(start), self._time(end))
-        return Segment(self._time(start), self._time(end), self._audio(kept), False)
+        return Segment(self._time(start), self._time(end), self._audio(kept), False, self._audio(after))
 
     def _audio(self, frames: list[_Frame]) -> np.ndarray:
         if not frames:

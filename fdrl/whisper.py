@@ -12,6 +12,11 @@ the encoder accepts shorter input, but its states depend on the padding, so a ch
 for one value. An utterance's own frames are the first ceil(samples / 320) states; the rest describe
 padding and are cut off.
 
+The decoder may hear more than the model: `after` is the audio that followed an utterance (config
+`vad.asr_tail_ms`), so that a last word the voice decision cut short is heard out. The frames are
+still the utterance's own, encoded without it (a second, partial pass), so the model's input does
+not depend on what followed.
+
 The model's frames may come from a lower encoder block (`layer`, config `encoders.whisper_layer`),
 which carries more of the voice than the last one (models/README.md, the layer probe). CTranslate2
 returns the last block only, so then the torch port (`fdrl.whisper_encoder`, the same weights
@@ -191,14 +196,14 @@ class Whisper:
 
     # -- the shared pass -------------------------------------------------------------------------
 
-    def process(self, audios: list[np.ndarray], transcribe: bool = True) -> list[tuple[np.ndarray, Transcript | None]]:
-        """Encoder frames [T, D] float32 for each utterance and, if asked, its transcript, from one encoder pass.
-
-        All windows go to one batched encode (calls of up to ENCODE_BATCH[device] windows of one length).
-        """
+    def process(self, audios: list[np.ndarray], transcribe: bool = True,
+                after: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, Transcript | None]]:
+        """Encoder frames [T, D] float32 for each utterance and, if asked, its transcript, from one
+        batched encode (calls of up to ENCODE_BATCH[device] windows of one length). The transcript
+        hears `after[i]` too (see the module docstring)."""
         results: list[tuple[np.ndarray, Transcript | None]] = []
-        for audio, features, frames, window in self._encode_utterances(audios):
-            text = self._transcribe(features, audio.size, window) if transcribe else None
+        for heard, features, frames, window in self._encode_utterances(audios, after, decode=transcribe):
+            text = self._transcribe(features, heard.size, window) if transcribe else None
             results.append((frames, text))
         return results
 
@@ -206,23 +211,26 @@ class Whisper:
         """Encoder frames [ceil(samples / 320), D] float32 at 50 Hz for each utterance, in one batched pass."""
         return [frames for _, _, frames, _ in self._encode_utterances(audios, decode=False)]
 
-    def encode_shared(self, audios: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
-        """(frames [T, D], first window's full encoder output [window states, D]) for each utterance, in one batched pass.
+    def encode_shared(self, audios: list[np.ndarray],
+                      after: list[np.ndarray] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(frames [T, D], the decoder's encoder output [window states, D]) for each utterance, batched.
 
         For callers that act on the frames before transcribing (the live view shows the emotion
-        first): pass the second item to `transcribe(audio, encoder_output=...)` later.
+        first): pass the second item to `transcribe(audio, encoder_output=..., after=...)` later.
         """
-        return [(frames, window) for _, _, frames, window in self._encode_utterances(audios)]
+        return [(frames, window) for _, _, frames, window in self._encode_utterances(audios, after)]
 
-    def transcribe(self, audio: np.ndarray, encoder_output: np.ndarray | None = None) -> Transcript:
-        """Transcribe one utterance. `encoder_output` is the full output of its first window (from
-        `encode_shared`), so the encoder is not run again; None encodes here."""
-        features = self._features(audio)
+    def transcribe(self, audio: np.ndarray, encoder_output: np.ndarray | None = None,
+                   after: np.ndarray | None = None) -> Transcript:
+        """Transcribe one utterance, hearing `after` it too. `encoder_output` is the full output of
+        the first window heard (from `encode_shared`), so the encoder is not run again; None encodes here."""
+        heard = _heard(audio, after)
+        features = self._features(heard)
         if encoder_output is not None:
-            expected = _windows(features, audio.size, self.window_mels)[0].shape[-1] // 2
+            expected = _windows(features, heard.size, self.window_mels)[0].shape[-1] // 2
             if encoder_output.shape[0] != expected:
                 raise ValueError(f"encoder_output must be the utterance's first window [{expected}, D], got {encoder_output.shape}")
-        return self._transcribe(features, audio.size, encoder_output)
+        return self._transcribe(features, heard.size, encoder_output)
 
     # -- pieces ----------------------------------------------------------------------------------
 
@@ -235,28 +243,45 @@ class Whisper:
         """Log-mel spectrogram [n_mels, frames] of the whole utterance, as faster-whisper computes it."""
         return self.model.feature_extractor(np.asarray(audio, np.float32))
 
-    def _encode_utterances(self, audios: list[np.ndarray], decode: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
-        """(audio, log-mel features, trimmed frames, first window's encoder output) per utterance.
+    def _encode_utterances(self, audios: list[np.ndarray], after: list[np.ndarray] | None = None,
+                           decode: bool = True) -> list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]]:
+        """(audio heard, its log-mel features, the utterance's trimmed frames, the decoder's encoder
+        output) per utterance; the audio heard is the utterance and `after` it.
 
-        The encoder output is the decoder's input; None when `decode` is off and the frames come
-        from the port, which then stops at block `layer`."""
+        faster-whisper takes an encoder output for the first window it decodes only (`_decode` hands
+        it each later window as a clip of its own, which it encodes itself): the first window heard.
+        None when `decode` is off and the frames come from the port, which then stops at block `layer`.
+        """
         if not audios:
             return []
         audios = [np.asarray(a, np.float32) for a in audios]
-        features = [self._features(a) for a in audios]
-        windows = [_windows(f, a.size, self.window_mels) for f, a in zip(features, audios)]
+        heard = [_heard(a, b) for a, b in zip(audios, after or [None] * len(audios))]
+        own = [self._features(a) for a in audios]
+        features = [self._features(h) if h.size > a.size else f for a, h, f in zip(audios, heard, own)]
+        windows = [_windows(f, a.size, self.window_mels) for f, a in zip(own, audios)]
+        firsts = np.cumsum([0, *map(len, windows)])[:-1]
         mels = [w for ws in windows for w in ws]
-        states, outputs = self._port_states(mels, decode) if self.layer else (self._encode(mels),) * 2
+        if decode and any(h.size > a.size for a, h in zip(audios, heard)):
+            # Two passes: the utterances' own windows (to block `layer` only) and the first windows heard.
+            states, _ = self._states(mels, outputs=False)
+            _, decoder = self._states([_windows(f, h.size, self.window_mels)[0] for f, h in zip(features, heard)], outputs=True)
+        else:
+            states, outputs = self._states(mels, outputs=decode)
+            decoder = [None if outputs is None else outputs[i] for i in firsts]
         out = []
-        first = 0
-        for audio, feats, ws in zip(audios, features, windows):
+        for audio, h, feats, ws, first, window in zip(audios, heard, features, windows, firsts, decoder):
             # Every window but the last is full, so the utterance's frames are a prefix of them all.
             frames = np.concatenate(states[first:first + len(ws)])[:frame_count(audio.size)].copy()  # not a view of the padding
-            # faster-whisper takes an encoder output for the first window it decodes only; `_decode`
-            # hands it each later window as a clip of its own, which it encodes itself.
-            out.append((audio, feats, frames, None if outputs is None else outputs[first]))
-            first += len(ws)
+            out.append((h, feats, frames, window))
         return out
+
+    def _states(self, mels: list[np.ndarray], outputs: bool) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+        """Each window's states for the model (block `layer`'s) and, if `outputs`, the encoder's
+        output for the decoder (CTranslate2's encoder gives one for both)."""
+        if not self.layer:
+            encoded = self._encode(mels)
+            return encoded, encoded
+        return self._port_states(mels, outputs)
 
     def _port_states(self, mels: list[np.ndarray], decode: bool) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
         """From the torch port, batched: block `layer`'s states [window states, D] float32 for each
@@ -330,6 +355,12 @@ class Whisper:
         return (segment.avg_logprob < self.log_prob_threshold
                 or segment.compression_ratio > self._options.compression_ratio_threshold
                 or (bool(words) and float(np.mean([w.probability for w in words])) < MIN_WORD_PROBABILITY))
+
+
+def _heard(audio: np.ndarray, after: np.ndarray | None) -> np.ndarray:
+    """What the decoder hears: the utterance, then the audio that followed it (if any)."""
+    audio = np.asarray(audio, np.float32)
+    return audio if after is None or not len(after) else np.concatenate([audio, np.asarray(after, np.float32)])
 
 
 def _windows(features: np.ndarray, num_samples: int, last_mels: int = WINDOW_MELS) -> list[np.ndarray]:

@@ -55,8 +55,8 @@ def main() -> None:
     rows = []
     for name, items in corpora.items():
         for it in rng.sample(items, min(args.per_corpus, len(items))):
-            audio = extractor.speech(it)
-            [(_, transcript)] = extractor.whisper.process([audio])
+            audio, after = extractor.speech_and_after(it)  # as training transcribes it
+            [(_, transcript)] = extractor.whisper.process([audio], after=[after])
             rows.append({"corpus": name, "speaker": it.speaker, "label": it.label, "file": it.audio.name,
                          "seconds": round(len(audio) / 16000, 2), "text": transcript.text,
                          "kept": decide(transcript, gate) is None, **signals(transcript)})

@@ -6,8 +6,8 @@ default), and faster-whisper the way RealtimeSTT calls it (its batched pipeline,
 `vad_filter`, the int8 encoder). Two sources of segments:
 
 * `--files`: those fdrl-stream's live pipeline cuts from bench.latency's files (a fast replay with
-  `live=True`, so the segmenter is the live one); every transcript that differs from what was
-  said is printed.
+  `live=True`, so the segmenter is the live one), with the audio Whisper hears after each; every
+  transcript that differs from what was said is printed.
 * `--dailydialog DIR --count N`: N everyday sentences (DailyDialog test turns of 6-16 words,
   drawn with a fixed seed) spoken by espeak-ng, voices alternating, every second one with a
   0.35-s pause at its first comma, each clip with 0.2 s of silence before and 0.3 s after. Two
@@ -59,10 +59,14 @@ async def segments(path: str) -> list[tuple[float, float]]:
 
 
 def live_cuts(name: str) -> tuple[list[str], list[np.ndarray]]:
-    """What was said in one of bench.latency's files, and the segments the live pipeline cuts from it."""
+    """What was said in one of bench.latency's files, and the segments the live pipeline cuts from
+    it, each with the audio after it that Whisper hears too (`vad.asr_tail_ms`)."""
     spoken = {f.name: f for f in test_files(DEFAULT_CACHE)}[name]
     audio = decode_audio(spoken.path)
-    return spoken.sentences, [audio[round(s * SAMPLE_RATE):round(e * SAMPLE_RATE)] for s, e in asyncio.run(segments(spoken.path))]
+    vad = config.load().vad
+    after = vad.frames(vad.asr_tail_ms) * vad.frame_ms * SAMPLE_RATE // 1000
+    return spoken.sentences, [audio[round(s * SAMPLE_RATE):round(e * SAMPLE_RATE) + after]
+                              for s, e in asyncio.run(segments(spoken.path))]
 
 
 def dialogue_clips(root: Path, count: int, seed: int = 0) -> tuple[list[str], list[np.ndarray]]:

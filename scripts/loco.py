@@ -24,6 +24,10 @@ import json
 import logging
 from pathlib import Path
 
+from stream import process
+
+process.configure(reexec=False)  # as the `fdrl` command does, before torch is imported
+
 import numpy as np
 
 from fdrl import config, data, metrics

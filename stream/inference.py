@@ -67,11 +67,15 @@ class Request:
     submitted: float = 0.0                   # perf_counter when queued
     queue_s: float = 0.0                     # time spent waiting for the worker
     early: bool = False                      # encode and transcribe ahead of the segment's end; publish nothing
+    after: np.ndarray | None = None          # the audio that followed, heard by Whisper only (fdrl.vad.Segment.after)
 
     @functools.cached_property
     def samples_key(self) -> bytes:
         """Identity of the samples: an early pass and the final over the same samples share it."""
-        return hashlib.blake2b(np.ascontiguousarray(self.audio, np.float32).tobytes(), digest_size=16).digest()
+        digest = hashlib.blake2b(np.ascontiguousarray(self.audio, np.float32).tobytes(), digest_size=16)
+        if self.after is not None and len(self.after):
+            digest.update(np.ascontiguousarray(self.after, np.float32).tobytes())
+        return digest.digest()
 
 
 @dataclass
@@ -154,7 +158,7 @@ class Engine:
         return self.device == "cpu" and self.cfg.runtime.cpu_bf16
 
     def encode(self, requests: list[Request]):
-        return self.whisper.encode_shared([r.audio for r in requests])
+        return self.whisper.encode_shared([r.audio for r in requests], [r.after for r in requests])
 
     def audio_frames(self, requests: list[Request], encoded) -> list[np.ndarray]:
         """The model's audio input from `encode`'s output (`fdrl.inputs.Recipe`, as offline)."""
@@ -169,8 +173,8 @@ class Engine:
         norm = self.ckpt.speaker_norm
         return frames if norm is None else norm.standardize(frames, heard)
 
-    def transcribe(self, audio: np.ndarray, window: np.ndarray) -> Transcript:
-        return self.whisper.transcribe(audio, encoder_output=window)
+    def transcribe(self, request: Request, window: np.ndarray | None) -> Transcript:
+        return self.whisper.transcribe(request.audio, encoder_output=window, after=request.after)
 
     def scores(self, p: np.ndarray) -> tuple[str, dict[str, float]]:
         return self.labels[int(p.argmax())], {name: round(float(v), 4) for name, v in zip(self.labels, p)}
@@ -207,7 +211,7 @@ class Engine:
             t_enc = (time.perf_counter() - t0) / len(early)
             for r, (frames, window) in zip(early, encoded):
                 t1 = time.perf_counter()
-                transcript = self.transcribe(r.audio, window)
+                transcript = self.transcribe(r, window)
                 self.ahead.put(r, Prepared(frames, transcript, t_enc + time.perf_counter() - t1))
         except Exception:
             return
@@ -234,7 +238,7 @@ class Engine:
         t2 = time.perf_counter()
         for r, (_, window), p in zip(batch, encoded, ready):
             try:
-                transcripts.append(p.transcript if p is not None else self.transcribe(r.audio, window))
+                transcripts.append(p.transcript if p is not None else self.transcribe(r, window))
             except Exception as e:  # one utterance that fails to decode fails alone, not its batch-mates
                 if is_out_of_memory(e):
                     raise  # not this utterance's fault: the whole batch goes again on the CPU

@@ -318,7 +318,7 @@ class _Run:
         Replay never starts early (its results would not change, only its compute grow), nor does a
         busy worker (other streams' finals come first)."""
         if self.live and self.rec.worker.queue_depth() == 0:
-            await self.rec.worker.submit(Request(pause.audio, early=True))
+            await self.rec.worker.submit(Request(pause.audio, after=pause.after, early=True))
 
     def face_horizon(self) -> float:
         """Stream time before which no segment, open, queued or yet to come, needs face results."""
@@ -336,7 +336,8 @@ class _Run:
         faces = self.faces.span(seg.start, seg.end)
         self.gathering.remove(seg.start)  # the request holds what it needs: the track may forget them
         vision, posterior = face_input(faces)
-        return await self.rec.worker.submit(Request(seg.audio, vision, posterior, self.speaker, self.history))
+        return await self.rec.worker.submit(Request(seg.audio, vision, posterior, self.speaker, self.history,
+                                                     after=seg.after))
 
     async def face(self) -> None:
         model = self.rec._face_model

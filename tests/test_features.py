@@ -65,6 +65,19 @@ def test_another_decoding_transcribes_again_and_a_gate_threshold_does_not(items,
     assert gate_changed.extract(items[:1], LABELS)[0].transcript == greedy.transcript
 
 
+def test_what_whisper_hears_after_the_crop_keys_the_transcript_not_the_frames(items, tmp_path, monkeypatch):
+    """`vad.asr_tail_ms` changes what the decoder hears, so the clip is transcribed again; the
+    model's frames stay those of the crop."""
+    crop_only = _extractor(tmp_path, "vad.asr_tail_ms=0").extract(items[:1], LABELS)[0]
+    heard = _extractor(tmp_path, "vad.asr_tail_ms=200")
+    passes = []
+    process = heard.whisper.process
+    monkeypatch.setattr(heard.whisper, "process", lambda *a, **k: passes.append(k["after"]) or process(*a, **k))
+    again = heard.extract(items[:1], LABELS)[0]
+    assert len(passes) == 1 and passes[0][0].size > 0
+    np.testing.assert_array_equal(again.audio, crop_only.audio)
+
+
 def test_the_encoder_window_is_part_of_the_audio_identity(tmp_path):
     window10, window30 = _extractor(tmp_path, "encoders.whisper_window_s=10"), _extractor(tmp_path, "encoders.whisper_window_s=30")
     assert window10.encoder_ids["whisper"] == "bundled:int8:layer2:window10s"  # a checkpoint is trained for one window
@@ -89,11 +102,15 @@ def test_the_live_engine_sees_the_audio_features_training_sees(items, tiny_check
     from fdrl.audio import decode_audio
     from stream.inference import Engine, Request
 
-    cfg = config.load()
+    cfg = config.load(overrides=["vad.asr_tail_ms=200"])  # Whisper hears past the crop: the words must match too
     offline = FeatureExtractor(cfg, cache=False)
     [arrays] = offline.encode(items[:1])
     engine = Engine(cfg, tiny_checkpoint, device="cpu")
-    request = Request(offline.crop(decode_audio(items[0].audio)))  # what the live VAD hands over
-    [live] = engine.audio_frames([request], engine.encode([request]))
+    speech, after = offline.crop(decode_audio(items[0].audio))  # what the live VAD hands over
+    assert 0 < after.size <= cfg.vad.frames(cfg.vad.asr_tail_ms) * cfg.vad.frame_ms * 16  # as far as the clip goes
+    request = Request(speech, after=after)
+    encoded = engine.encode([request])
+    [live] = engine.audio_frames([request], encoded)
     assert live.shape == arrays["audio"].shape and live.shape[1] == 384 + PROSODY_DIM
     np.testing.assert_array_equal(live, arrays["audio"])
+    assert engine.transcribe(request, encoded[0][1]).text == str(arrays["transcript"])  # the words too

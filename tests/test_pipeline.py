@@ -284,11 +284,11 @@ def test_a_failed_transcription_fails_only_its_segment(media, tiny_checkpoint, t
     calls: list[int] = []
     transcribe = Engine.transcribe
 
-    def flaky(self, audio, window):
-        calls.append(len(audio))
+    def flaky(self, request, window):
+        calls.append(len(request.audio))
         if len(calls) == 2:
             raise RuntimeError("decoder fell over")
-        return transcribe(self, audio, window)
+        return transcribe(self, request, window)
 
     monkeypatch.setattr(Engine, "transcribe", flaky)
     cfg = make_config(tmp_path)

@@ -32,7 +32,7 @@ def pattern(spec: str) -> np.ndarray:
 def vad_options(**changes) -> Vad:
     """config.toml's `[vad]`, with a 200 ms tail (the scripted patterns below count it), no early
     pauses (their own tests below turn them on) and `changes`."""
-    return dataclasses.replace(load().vad, **{"tail_ms": 200, "early_ms": 0, **changes})
+    return dataclasses.replace(load().vad, **{"tail_ms": 200, "asr_tail_ms": 0, "early_ms": 0, **changes})
 
 
 def scripted(pcm: bytes) -> bool:
@@ -117,12 +117,12 @@ def test_pause_of_hangover_splits_into_contiguous_segments():
                                ("start", 1.71), ("segment", 1.71, round(104 * 0.03, 6), False, 47 * FRAME)]
 
 
-@pytest.mark.parametrize("tail_ms", [0, 200])
-def test_a_pause_holds_the_samples_the_segment_closes_with(tail_ms):
-    # early_ms 200 = 7 frames of silence: the pause comes on frame 56, the close on frame 66; a
-    # tail no longer than early_ms is already heard when the pause comes.
+@pytest.mark.parametrize("tail_ms, asr_tail_ms", [(0, 0), (200, 0), (0, 200)])
+def test_a_pause_holds_the_samples_the_segment_closes_with(tail_ms, asr_tail_ms):
+    # early_ms 200 = 7 frames of silence: the pause comes on frame 56, the close on frame 66; tails
+    # no longer than early_ms together are already heard when the pause comes.
     audio = pattern("0" * 20 + "1" * 30 + "0" * 40)
-    seg = Segmenter(vad_options(tail_ms=tail_ms, early_ms=200), is_speech=scripted)
+    seg = Segmenter(vad_options(tail_ms=tail_ms, asr_tail_ms=asr_tail_ms, early_ms=200), is_speech=scripted)
     assert [type(e) for e in seg.feed(audio[:56 * FRAME])] == [SegmentStart]
     (pause,) = seg.feed(audio[56 * FRAME:57 * FRAME])
     assert isinstance(pause, SegmentPause) and seg.speaking
@@ -131,6 +131,24 @@ def test_a_pause_holds_the_samples_the_segment_closes_with(tail_ms):
     assert isinstance(closed, Segment) and (pause.start, pause.end) == (closed.start, closed.end)
     assert closed.end == pytest.approx((50 + (7 if tail_ms else 0)) * 0.03)  # the tail: 200 ms, rounded up to frames
     np.testing.assert_array_equal(pause.audio, closed.audio)
+    np.testing.assert_array_equal(pause.after, closed.after)
+    assert closed.after.size == (7 * FRAME if asr_tail_ms else 0)
+
+
+def test_whisper_hears_what_follows_a_segment_as_far_as_the_stream_goes():
+    """`after` is the audio right after the segment's end: none after a forced split (the next
+    segment goes on from the cut), and only what there is when the stream ends."""
+    audio = pattern("0" * 20 + "1" * 30 + "0" * 40)
+    events, _ = run(audio, vad_options(tail_ms=0, asr_tail_ms=200))
+    [closed] = [e for e in events if isinstance(e, Segment)]
+    end = round(closed.end / 0.03)
+    np.testing.assert_array_equal(closed.after, audio[end * FRAME:(end + 7) * FRAME])
+    seg = Segmenter(vad_options(tail_ms=0, asr_tail_ms=200), is_speech=scripted)
+    list(seg.feed(audio[:53 * FRAME]))  # 3 frames of silence, then the stream ends
+    [last] = seg.flush()
+    assert isinstance(last, Segment) and last.after.size == 3 * FRAME
+    split, _ = run(pattern("0" * 20 + "1" * 250 + "0" * 40), vad_options(max_utterance_ms=3000, asr_tail_ms=200))
+    assert [e.after.size for e in split if isinstance(e, Segment) and e.forced_split] == [0, 0]
 
 
 def test_speech_that_resumes_after_a_pause_changes_nothing_but_the_pauses():
@@ -317,13 +335,16 @@ def test_speech_span_crops_a_clip_like_the_live_segmenter(tmp_path):
     silence = np.zeros(SAMPLE_RATE, np.float32)
     clip = np.concatenate([silence, speech, silence])
     options = vad_options()
-    start, end = speech_span(clip, options)
+    start, end, heard = speech_span(clip, options)
     assert 0.5 * SAMPLE_RATE < start < SAMPLE_RATE + len(speech) // 4   # near the speech onset, pre-roll included
     assert SAMPLE_RATE + len(speech) // 2 < end < 1.5 * SAMPLE_RATE + len(speech)
+    assert heard == end  # nothing more for Whisper
+    assert speech_span(clip, vad_options(asr_tail_ms=200))[1:] == (end, end + 7 * FRAME)
     assert speech_span(silence, options) is None
 
 
 def test_early_ms_is_not_part_of_the_crop_so_cached_features_stay_valid():
     """When work starts does not change what a segment holds: the training crop's cache key ignores it."""
     assert vad_options(early_ms=0).crop() == vad_options(early_ms=250).crop()
+    assert vad_options(asr_tail_ms=0).crop() == vad_options(asr_tail_ms=200).crop()  # a transcript's key has it
     assert "early_ms" not in vad_options().crop() and "hangover_ms" in vad_options().crop()

@@ -188,6 +188,26 @@ def test_encode_shared_then_transcribe_does_not_encode_again(whisper, happy, win
         whisper.transcribe(window, encoder_output=shared[1][0])  # the trimmed frames cannot be decoded
 
 
+@pytest.mark.parametrize("layer", [0, 2])
+def test_the_decoder_hears_what_followed_and_the_frames_do_not(whisper, happy, window, layer, monkeypatch):
+    """`after` (the audio past the VAD's end, `vad.asr_tail_ms`) reaches the decoder only: the frames
+    are those of the utterance alone, the text that of the utterance and `after` together."""
+    model = whisper if layer == 0 else Whisper(threads=2, layer=layer, window_s=10)
+    cut = happy.size - SAMPLE_RATE // 4  # into the last word
+    speech, after = happy[:cut], happy[cut:]
+    alone = model.process([speech, window])
+    heard_text = model.transcribe(happy).text
+    monkeypatch.setattr(model.model, "encode", lambda features: pytest.fail("encoder ran again"))
+    (frames, t), (window_frames, window_t) = model.process([speech, window], after=[after, np.zeros(0, np.float32)])
+    np.testing.assert_array_equal(frames, alone[0][0])
+    np.testing.assert_array_equal(window_frames, alone[1][0])
+    assert t.text == heard_text and window_t.text == alone[1][1].text
+    assert t.words[-1].end <= happy.size / SAMPLE_RATE
+    [(shared_frames, output)] = model.encode_shared([speech], [after])
+    np.testing.assert_array_equal(shared_frames, frames)
+    assert model.transcribe(speech, encoder_output=output, after=after).text == heard_text
+
+
 def test_a_shorter_window_pads_the_last_window_less(happy):
     short = Whisper(layer=2, window_s=5)
     assert [w.shape[-1] for w in short.windows(happy)] == [500]  # a 2-3 s phrase: one 5-s window
